@@ -1,0 +1,1 @@
+"""CSADA: cost-sensitive adversarial data augmentation, as an importable library."""

@@ -1,0 +1,257 @@
+"""Targeted projected gradient ascent with rejection (Algorithm 1 of the paper).
+
+For a sample (x, y) and a target class z the attack looks for a perturbation delta
+with ||delta|| <= eps that raises log p_z(x + delta). What makes it different from
+PGD is the rejection rule: the point must stay between the two classes of the pair.
+
+* Only samples the model classifies correctly are moved (Algorithm 1, line 3).
+* A step whose prediction leaves {y, z} is rejected and the previous iterate is
+  returned (line 9-10); a step that reaches z stops there (line 11-12).
+* At most K steps (line 6).
+
+Every sample of a batch advances together with its own target class. Samples that
+stop drop out of the active set, so later steps only pay for samples still moving.
+The forward pass of step k + 1 also serves as the prediction check of step k, so an
+attack of K steps costs at most K + 1 forward and K backward passes.
+
+The model is run in eval mode (BatchNorm uses its running statistics, dropout is
+off) with ``requires_grad`` switched off on its parameters, so the backward pass
+only computes input gradients. Train/eval flags, ``requires_grad`` flags and buffers
+are exactly as they were afterwards, even when the model raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class AttackOutcome(enum.IntEnum):
+    """What Algorithm 1 did with one sample."""
+
+    SKIPPED = 0  # misclassified before the attack: returned unmoved (line 3-4)
+    SUCCEEDED = 1  # reached the target class (line 11-12)
+    REJECTED = 2  # a step left {y, z}: the previous iterate is kept (line 9-10)
+    EXHAUSTED = 3  # K steps taken, still predicted y (line 15)
+
+
+class LinfBall:
+    """Geometry of the L-infinity ball: projection is a coordinate-wise clip."""
+
+    name = "linf"
+
+    @staticmethod
+    def project(delta: Tensor, eps: float) -> Tensor:
+        return delta.clamp(-eps, eps)
+
+    @staticmethod
+    def steepest(grad: Tensor) -> Tensor:
+        # The unit-L-inf direction of steepest ascent is the sign of the gradient.
+        return grad.sign()
+
+
+class L2Ball:
+    """Geometry of the L2 ball: projection rescales vectors longer than eps."""
+
+    name = "l2"
+
+    @staticmethod
+    def project(delta: Tensor, eps: float) -> Tensor:
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        factor = (eps / norms).clamp(max=1.0)
+        return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
+
+    @staticmethod
+    def steepest(grad: Tensor) -> Tensor:
+        norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12)
+        return grad / norms.view(-1, *([1] * (grad.dim() - 1)))
+
+
+NORMS: dict[str, type[LinfBall] | type[L2Ball]] = {"linf": LinfBall, "l2": L2Ball}
+
+# Algorithm 1, line 7 writes the raw gradient step eta2 * grad(log p_z). "gradient"
+# follows it literally and is the default. "steepest" takes the normalised direction of
+# the chosen norm instead (sign for L-inf, unit vector for L2), as PGD implementations
+# usually do; then eta2 is a distance per step, independent of the gradient's scale.
+STEP_RULES = ("gradient", "steepest")
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """Perturbed inputs and what happened to each sample.
+
+    ``delta`` is the returned perturbation (zero for skipped samples), ``steps_taken``
+    the number of accepted ascent steps per sample. ``trajectory`` (only when asked
+    for) holds the accepted iterate after each step, shape (steps + 1, *x.shape).
+    """
+
+    x_adv: Tensor
+    delta: Tensor
+    outcome: Tensor
+    steps_taken: Tensor
+    n_forward: int
+    n_backward: int
+    trajectory: Tensor | None = None
+
+    def counts(self) -> dict[str, int]:
+        """Number of samples per outcome, keyed by the outcome's lower-case name."""
+        tally = torch.bincount(self.outcome.cpu(), minlength=len(AttackOutcome))
+        return {o.name.lower(): int(tally[o.value]) for o in AttackOutcome}
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside a DistributedDataParallel (or DataParallel) wrapper.
+
+    The attack must not go through DDP's forward: that would prepare gradient
+    synchronisation for a backward pass that never reaches the parameters.
+    """
+    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
+
+
+@contextlib.contextmanager
+def frozen_for_attack(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients inside; every flag restored on exit."""
+    modes = [(module, module.training) for module in model.modules()]
+    grad_flags = [(param, param.requires_grad) for param in model.parameters()]
+    try:
+        model.eval()
+        for param, _ in grad_flags:
+            param.requires_grad_(False)
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+        for param, flag in grad_flags:
+            param.requires_grad_(flag)
+
+
+def _check_arguments(
+    x: Tensor, y: Tensor, target: Tensor, eps: float, steps: int, step_size: float, norm: str, step_rule: str
+) -> None:
+    if x.dim() < 2:
+        raise ValueError(f"x must be a batch with a leading sample dimension, got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    if y.shape != (n,) or target.shape != (n,):
+        raise ValueError(
+            f"y and target must have shape ({n},) to match x; got y {tuple(y.shape)} and target {tuple(target.shape)}"
+        )
+    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps (K) must be an integer >= 1, got {steps!r}")
+    if not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size (eta2) must be a finite number > 0, got {step_size!r}")
+    if norm not in NORMS:
+        raise ValueError(f"unknown norm {norm!r}; known: {', '.join(sorted(NORMS))}")
+    if step_rule not in STEP_RULES:
+        raise ValueError(f"unknown step_rule {step_rule!r}; known: {', '.join(STEP_RULES)}")
+    same = y == target
+    if bool(same.any()):
+        first = int(same.nonzero()[0])
+        raise ValueError(
+            f"target equals the true class for sample {first} (class {int(y[first])}); "
+            "a targeted attack needs target != y"
+        )
+
+
+def targeted_attack(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    target: Tensor | int,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    norm: str = "linf",
+    clamp: tuple[float | Tensor, float | Tensor] | None = None,
+    step_rule: str = "gradient",
+    record_trajectory: bool = False,
+) -> AttackResult:
+    """Algorithm 1 on a batch: move each correctly classified x_i towards class target_i.
+
+    ``clamp`` = (low, high) keeps x + delta inside the valid input range (scalars or
+    tensors broadcastable to one sample). The result's ``x_adv`` is detached.
+    """
+    y = y.to(device=x.device, dtype=torch.long)
+    if isinstance(target, int):
+        target = torch.full_like(y, target)
+    target = target.to(device=x.device, dtype=torch.long)
+    _check_arguments(x, y, target, eps, steps, step_size, norm, step_rule)
+    ball = NORMS[norm]
+    x = x.detach()
+    if clamp is not None:
+        low, high = (torch.as_tensor(bound, dtype=x.dtype, device=x.device) for bound in clamp)
+        if bool((low >= high).any()):
+            raise ValueError(f"clamp must be (low, high) with low < high, got {clamp!r}")
+    n = x.shape[0]
+
+    accepted = torch.zeros_like(x)  # last accepted iterate: what the attack returns
+    outcome = torch.full((n,), int(AttackOutcome.EXHAUSTED), dtype=torch.long, device=x.device)
+    steps_taken = torch.zeros(n, dtype=torch.long, device=x.device)
+    trajectory = [accepted.clone()] if record_trajectory else None
+
+    active = torch.arange(n, device=x.device)  # samples still moving
+    candidate = torch.zeros_like(x)  # iterate under test for the active samples
+    n_forward = n_backward = 0
+
+    with frozen_for_attack(model), torch.enable_grad():
+        for k in range(steps + 1):
+            x_in = (x[active] + candidate).requires_grad_(k < steps)
+            logits = model(x_in)
+            n_forward += 1
+            pred = logits.argmax(dim=1)
+            y_a, z_a = y[active], target[active]
+
+            if k == 0:
+                # Line 3: a sample the model already gets wrong is returned unmoved.
+                stop = pred != y_a
+                outcome[active[stop]] = int(AttackOutcome.SKIPPED)
+            else:
+                left_pair = (pred != y_a) & (pred != z_a)
+                reached = pred == z_a
+                keep = ~left_pair  # accepted: still y, or z reached
+                accepted[active[keep]] = candidate[keep].detach()
+                steps_taken[active[keep]] += 1
+                outcome[active[left_pair]] = int(AttackOutcome.REJECTED)
+                outcome[active[reached]] = int(AttackOutcome.SUCCEEDED)
+                stop = left_pair | reached
+            if trajectory is not None and k > 0:
+                trajectory.append(accepted.clone())
+
+            moving = ~stop
+            if k == steps or not bool(moving.any()):
+                break
+            # Line 7: ascend log p_z. Rows are independent in eval mode, so the gradient of
+            # the sum gives every sample its own gradient; stopped rows are dropped after.
+            log_pz = F.log_softmax(logits, dim=1).gather(1, z_a.unsqueeze(1)).sum()
+            (grad,) = torch.autograd.grad(log_pz, x_in)
+            n_backward += 1
+            grad = grad[moving]
+            active = active[moving]
+            step = grad if step_rule == "gradient" else ball.steepest(grad)
+            # Line 8: project onto the eps-ball around x.
+            candidate = ball.project(candidate[moving].detach() + step_size * step, eps)
+            if clamp is not None:
+                x_a = x[active]
+                candidate = torch.clamp(x_a + candidate, low, high) - x_a
+
+    if trajectory is not None:
+        while len(trajectory) < steps + 1:  # every sample stopped early: pad with the final iterate
+            trajectory.append(accepted.clone())
+    return AttackResult(
+        x_adv=(x + accepted).detach(),
+        delta=accepted,
+        outcome=outcome,
+        steps_taken=steps_taken,
+        n_forward=n_forward,
+        n_backward=n_backward,
+        trajectory=torch.stack(trajectory) if trajectory is not None else None,
+    )

@@ -1,0 +1,299 @@
+"""Training objectives: ERM, CSADA (full and stochastic), the penalty method, AP and SOSR.
+
+Each method is a small object with one call, ``loss(model, x, y) -> (loss, stats)``,
+so one training loop serves them all. ``stats`` holds detached scalar tensors (no
+``.item()`` on the hot path: the loop decides when to synchronise); keys starting with
+``n_`` are counts, which the loop sums, the others are batch means, which it averages. A method that
+needs a different output layer (SOSR) says so in ``prepare_model``.
+
+Costs enter as a K x K tensor ``cost`` with c(y, z) in row y, column z.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pipeline.attacks import NORMS, STEP_RULES, AttackOutcome, targeted_attack, unwrap_model
+
+Stats = dict[str, Tensor]
+
+
+class TrainingMethod(Protocol):
+    name: str
+
+    def prepare_model(self, model: nn.Module) -> nn.Module: ...
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]: ...
+
+
+def normalized_pair_weights(cost: Tensor, temperature: float) -> Tensor:
+    """c~(y, z) = c(y, z)^tau / sum over all pairs of c^tau (section 3); diagonal stays 0."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature (tau) must be a finite number > 0, got {temperature!r}")
+    powered = cost.clamp_min(0) ** temperature
+    powered = powered * (1 - torch.eye(cost.shape[0], dtype=cost.dtype, device=cost.device))
+    total = powered.sum()
+    if not bool(total > 0):
+        raise ValueError("the cost matrix has no positive off-diagonal entry: nothing to be cost-sensitive about")
+    return powered / total
+
+
+def log_one_minus_softmax(logits: Tensor) -> Tensor:
+    """log(1 - p_z) for every class z, computed without forming 1 - p (stable when p_z -> 1).
+
+    1 - p_z = sum_{j != z} exp(l_j) / sum_j exp(l_j), so its log is a log-sum-exp over the
+    other classes minus the full log-sum-exp.
+    """
+    k = logits.shape[1]
+    others = logits.unsqueeze(1).expand(-1, k, -1).masked_fill(
+        torch.eye(k, dtype=torch.bool, device=logits.device), float("-inf")
+    )
+    return torch.logsumexp(others, dim=2) - torch.logsumexp(logits, dim=1, keepdim=True)
+
+
+def cost_penalty(logits: Tensor, y: Tensor, cost: Tensor) -> Tensor:
+    """Per-sample -sum_z c(y, z) log(1 - p_z): objective (3) generalised to a cost matrix."""
+    return -(cost[y] * log_one_minus_softmax(logits)).sum(dim=1)
+
+
+class _Identity:
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+
+@dataclass
+class ERM(_Identity):
+    """Plain cross-entropy: the baseline."""
+
+    name: str = field(default="erm", init=False)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
+        ce = F.cross_entropy(model(x), y)
+        return ce, {"ce": ce.detach()}
+
+
+@dataclass
+class Penalty(_Identity):
+    """Objective (3) generalised: mean_i -sum_z c(y_i, z) log(1 - p_z(x_i)), no cross-entropy."""
+
+    cost: Tensor
+    name: str = field(default="penalty", init=False)
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
+        penalty = cost_penalty(model(x), y, self.cost.to(x.device)).mean()
+        return penalty, {"penalty": penalty.detach()}
+
+
+@dataclass
+class AdjustedPenalty(_Identity):
+    """AP (section 5.2): cross-entropy + alpha * the cost penalty."""
+
+    cost: Tensor
+    alpha: float = 5.0
+    name: str = field(default="ap", init=False)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
+        logits = model(x)
+        ce = F.cross_entropy(logits, y)
+        penalty = cost_penalty(logits, y, self.cost.to(x.device)).mean()
+        return ce + self.alpha * penalty, {"ce": ce.detach(), "penalty": penalty.detach()}
+
+
+def sosr_loss(regressed_costs: Tensor, y: Tensor, cost: Tensor) -> Tensor:
+    """Smooth one-sided regression (Chung et al., CSDNN), per sample.
+
+    For each class k the regressed cost r_k is pushed below c(y, k) when k is one of the
+    cheapest classes for y (sign +1) and above it otherwise (sign -1), through
+    softplus(sign * (r_k - c(y, k))). Prediction is argmin_k r_k.
+    """
+    target = cost[y]
+    cheapest = target == target.min(dim=1, keepdim=True).values
+    sign = cheapest.to(regressed_costs.dtype) * 2 - 1
+    return F.softplus(sign * (regressed_costs - target)).sum(dim=1)
+
+
+@dataclass
+class SOSR:
+    """The regression-layer baseline (CNNSOSR): a linear head regresses per-class costs.
+
+    The wrapped model's forward returns scores = -r(x), so argmax of the scores is the
+    argmin of the regressed costs and the rest of the pipeline needs no special case.
+    """
+
+    cost: Tensor
+    name: str = field(default="sosr", init=False)
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        from pipeline.models import CostRegressionModel
+
+        if isinstance(model, CostRegressionModel):
+            return model
+        return CostRegressionModel(model, self.cost.shape[0])
+
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
+        loss = sosr_loss(-model(x), y, self.cost.to(x.device)).mean()
+        return loss, {"sosr": loss.detach()}
+
+
+NORMALIZATIONS = ("unbiased", "attacked_mean")
+
+
+@dataclass
+class CSADA(_Identity):
+    """Objective (5), trained by Algorithm 2 (``pairs="full"``) or Algorithm 3 (``pairs="stochastic"``).
+
+    loss = CE(x, y) + adv_weight * adversarial term, where the adversarial examples come
+    from Algorithm 1 and are treated as constants (no gradient flows through the attack).
+
+    Full: every sample i is attacked towards every z with c~(y_i, z) > 0, and the
+    adversarial term is (1/|B|) sum_i sum_z c~(y_i, z) CE(x_i + delta_i^z, y_i), the
+    mini-batch version of (5). Pairs of zero weight contribute nothing, so they are not
+    attacked at all.
+
+    Stochastic: one pair (y_B, z_B) is drawn from c~ per mini-batch and the samples of
+    class y_B are attacked towards z_B. ``normalization`` sets how their losses are
+    averaged:
+
+    * "unbiased" (default): divide their summed loss by |B|. Its expectation over the
+      drawn pair is exactly the full adversarial term above, so the gradient is an
+      unbiased estimate of (5)'s. (The formula printed in section 3.3 puts delta = 0 for
+      the other samples, which would add adv_weight * CE of clean samples too; we read the
+      intent, unbiasedness, and leave them out.)
+    * "attacked_mean": the mean over the samples of class y_B only, as the authors'
+      public code does. That scales adv_weight by roughly |B| / (number of class-y_B
+      samples); the paper's lambda values were tuned with it.
+
+    Samples Algorithm 1 skips (misclassified) enter with delta = 0, as (5) says.
+    Clean and adversarial inputs share one forward pass; with BatchNorm in train mode
+    their batch statistics are therefore pooled.
+    """
+
+    cost: Tensor
+    adv_weight: float = 1.0
+    temperature: float = 1.0
+    eps: float = 1.0
+    steps: int = 10
+    step_size: float = 0.01
+    norm: str = "linf"
+    step_rule: str = "gradient"
+    clamp: tuple[float, float] | None = None
+    pairs: str = "stochastic"
+    normalization: str = "unbiased"
+    seed: int = 0
+    name: str = field(default="csada", init=False)
+
+    def __post_init__(self) -> None:
+        if self.pairs not in ("full", "stochastic"):
+            raise ValueError(f"pairs must be 'full' or 'stochastic', got {self.pairs!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {self.normalization!r}")
+        if not (math.isfinite(self.adv_weight) and self.adv_weight >= 0):
+            raise ValueError(f"adv_weight (lambda) must be a finite number >= 0, got {self.adv_weight!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(sorted(NORMS))}")
+        if self.step_rule not in STEP_RULES:
+            raise ValueError(f"unknown step_rule {self.step_rule!r}; known: {', '.join(STEP_RULES)}")
+        self.weights = normalized_pair_weights(self.cost.to(torch.float64), self.temperature).to(torch.float32)
+        # The pair sampler has its own generator: seeded identically on every DDP rank, all
+        # ranks draw the same pair, so one pair serves the whole global mini-batch.
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    # -- pieces -----------------------------------------------------------------------------
+    def attack(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor):
+        return targeted_attack(
+            unwrap_model(model), x, y, target,
+            eps=self.eps, steps=self.steps, step_size=self.step_size,
+            norm=self.norm, clamp=self.clamp, step_rule=self.step_rule,
+        )
+
+    def sample_pair(self) -> tuple[int, int]:
+        """Draw (y_B, z_B) with probability c~(y_B, z_B) (Algorithm 3, line 6)."""
+        flat = torch.multinomial(self.weights.flatten(), 1, generator=self.generator).item()
+        k = self.weights.shape[0]
+        return flat // k, flat % k
+
+    def _combined(
+        self, model: nn.Module, x: Tensor, y: Tensor, rows: Tensor, targets: Tensor
+    ) -> tuple[Tensor, Tensor, Stats]:
+        """Clean cross-entropy and per-row adversarial CE from one forward pass."""
+        if rows.numel() == 0:
+            ce = F.cross_entropy(model(x), y)
+            return ce, x.new_zeros(0), {"n_attacked": x.new_tensor(0.0)}
+        result = self.attack(model, x[rows], y[rows], targets)
+        logits = model(torch.cat([x, result.x_adv]))
+        ce = F.cross_entropy(logits[: len(x)], y)
+        adv_ce = F.cross_entropy(logits[len(x):], y[rows], reduction="none")
+        outcome = result.outcome
+        stats = {
+            "n_attacked": x.new_tensor(float(len(rows))),
+            "n_succeeded": (outcome == AttackOutcome.SUCCEEDED).sum().to(x.dtype),
+            "n_rejected": (outcome == AttackOutcome.REJECTED).sum().to(x.dtype),
+            "n_skipped": (outcome == AttackOutcome.SKIPPED).sum().to(x.dtype),
+        }
+        return ce, adv_ce, stats
+
+    # -- objectives -------------------------------------------------------------------------
+    def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
+        if self.pairs == "full":
+            return self.full_loss(model, x, y)
+        return self.stochastic_loss(model, x, y, self.sample_pair())
+
+    def full_loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
+        """Algorithm 2's objective on a batch: all (i, z) with c~(y_i, z) > 0 in one attack."""
+        weights = self.weights.to(x.device)[y]
+        rows, targets = (weights > 0).nonzero(as_tuple=True)
+        ce, adv_ce, stats = self._combined(model, x, y, rows, targets)
+        adv_term = (weights[rows, targets] * adv_ce).sum() / len(x)
+        loss = ce + self.adv_weight * adv_term
+        return loss, {"ce": ce.detach(), "adv": adv_term.detach(), **stats}
+
+    def stochastic_loss(
+        self, model: nn.Module, x: Tensor, y: Tensor, pair: tuple[int, int]
+    ) -> tuple[Tensor, Stats]:
+        """Algorithm 3's objective for a given pair (y_B, z_B)."""
+        true_class, target_class = pair
+        rows = (y == true_class).nonzero(as_tuple=True)[0]
+        targets = torch.full_like(rows, target_class)
+        ce, adv_ce, stats = self._combined(model, x, y, rows, targets)
+        if self.normalization == "unbiased":
+            adv_term = adv_ce.sum() / len(x)
+        else:
+            adv_term = adv_ce.mean() if adv_ce.numel() else adv_ce.sum()
+        loss = ce + self.adv_weight * adv_term
+        return loss, {"ce": ce.detach(), "adv": adv_term.detach(), **stats}
+
+
+def _build_csada(cost: Tensor, **options: Any) -> CSADA:
+    return CSADA(cost=cost, **options)
+
+
+METHODS: dict[str, Callable[..., TrainingMethod]] = {
+    "erm": lambda cost=None, **options: ERM(**options),
+    "csada": _build_csada,
+    "penalty": lambda cost, **options: Penalty(cost=cost, **options),
+    "ap": lambda cost, **options: AdjustedPenalty(cost=cost, **options),
+    "sosr": lambda cost, **options: SOSR(cost=cost, **options),
+}
+
+
+def build_method(name: str, cost: Tensor | None = None, options: Mapping[str, Any] | None = None) -> TrainingMethod:
+    """A training method by name; unknown names and options fail with the valid ones listed."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    if name != "erm" and cost is None:
+        raise ValueError(f"method {name!r} needs a cost matrix")
+    try:
+        return METHODS[name](cost=cost, **dict(options or {}))
+    except TypeError as error:
+        raise ValueError(f"invalid options for method {name!r}: {error}") from None

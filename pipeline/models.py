@@ -1,0 +1,518 @@
+"""Classifiers used in the experiments, a name -> builder registry, and fine-tuning helpers.
+
+Every model maps a float batch to logits of shape (N, num_classes):
+
+- ``ToyMLP``: one hidden layer of 50 units, the proof-of-concept model of section 4.
+- ``SmallCNN``: two conv blocks and a linear head; a fast CPU model for MNIST and 8x8 digits.
+- ``ResNet9``: the DAWNBench (Myrtle) ResNet-9, the shallow network of section 5.3.4.
+- ResNet-18/34 from torchvision (``build_resnet``); section 5.1 trains ResNet-34 on CIFAR-10 and
+  MNIST, and section 5.3.3 fine-tunes an ImageNet-pretrained ResNet-34.
+- ``CostRegressionModel``: the regression layer that the SOSR baseline adds (section 5.2).
+
+Pretrained weights are never downloaded silently: ``build_resnet(pretrained=True)`` reads the torch
+hub cache and raises ``PretrainedWeightsUnavailable`` (saying which file to fetch and where to put
+it) unless ``allow_download=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import ResNet18_Weights, ResNet34_Weights, WeightsEnum
+
+__all__ = [
+    "MIN_IMAGE_SIDE",
+    "SMALL_INPUT_MAX_SIDE",
+    "MODELS",
+    "CostRegressionModel",
+    "ModelConfigError",
+    "PretrainedWeightsUnavailable",
+    "ResNet9",
+    "SmallCNN",
+    "ToyMLP",
+    "build_model",
+    "build_resnet",
+    "classifier_head",
+    "freeze_all_but_head",
+    "head_parameters",
+    "load_pretrained_state_dict",
+    "pretrained_cache_path",
+    "unfreeze_all",
+]
+
+# Smallest image side every image model here accepts (the 8x8 digits data set).
+MIN_IMAGE_SIDE = 8
+# Up to this side, ``build_model`` gives ResNet-18/34 the CIFAR-style stem: the ImageNet stem
+# (stride-2 7x7 conv, then max-pool) would shrink a 32x32 image to 8x8 before the first block.
+SMALL_INPUT_MAX_SIDE = 64
+
+
+class ModelConfigError(ValueError):
+    """A model name, shape or option that is not valid."""
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """Pretrained weights are not in the local cache and could not (or may not) be downloaded."""
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ModelConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ModelConfigError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------------------------
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class ToyMLP(nn.Module):
+    """One hidden layer MLP (section 4 uses 50 hidden units on 2-D points).
+
+    The input is flattened from dimension 1 on, so ``in_features`` is the number of features per
+    sample whatever the batch's trailing shape (2-D points, table rows, small images).
+    """
+
+    def __init__(
+        self, in_features: int = 2, num_classes: int = 3, hidden: int = 50, activation: str = "relu"
+    ) -> None:
+        super().__init__()
+        _check_positive_int("in_features", in_features)
+        _check_positive_int("num_classes", num_classes)
+        _check_positive_int("hidden", hidden)
+        if activation not in _ACTIVATIONS:
+            raise ModelConfigError(
+                f"unknown activation {activation!r}; known: {', '.join(sorted(_ACTIVATIONS))}"
+            )
+        self.hidden = nn.Linear(in_features, hidden)
+        self.activation = _ACTIVATIONS[activation]()
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.activation(self.hidden(x.flatten(1))))
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    # No conv bias: the BatchNorm shift that follows makes it redundant.
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv blocks (conv, BatchNorm, ReLU, 2x2 max-pool) and a linear head.
+
+    Sized for 28x28 MNIST (28 -> 14 -> 7) and cheap enough to be the CPU benchmark model. The
+    adaptive average pool to 2x2 before the head makes the head's size independent of the input,
+    so 8x8 digits (8 -> 4 -> 2) and larger images use the same layers. Average rather than max
+    pooling there keeps the input gradient spread over the map, which the attacks rely on.
+    """
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("num_classes", num_classes)
+        _check_positive_int("width", width)
+        self.features = nn.Sequential(
+            _conv_bn_relu(in_channels, width),
+            nn.MaxPool2d(2),
+            _conv_bn_relu(width, 2 * width),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(2),
+        )
+        self.head = nn.Linear(2 * width * 4, num_classes)
+        # Channels-last kernels are about twice as fast on CPU here (NCHW max-pool is slow), and
+        # the benchmark trains this model on CPU; shapes and values are unchanged.
+        self.features.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.features(x).flatten(1))
+
+
+class ResNet9(nn.Module):
+    """ResNet-9 in the DAWNBench (Myrtle) layout, used as the shallow network of section 5.3.4.
+
+    prep conv 64 -> conv 128 + pool + residual(2 x conv 128) -> conv 256 + pool
+    -> conv 512 + pool + residual(2 x conv 512) -> global max pool -> linear.
+    The max-pools use ``ceil_mode`` so that an odd or tiny map keeps at least one cell: 8x8
+    inputs go 8 -> 4 -> 2 -> 1, and 32x32 inputs behave exactly as in the original (32 -> 4).
+    The original's fixed 0.125 logit scale is left out: it was tuned to that recipe's learning rate.
+    """
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        _check_positive_int("in_channels", in_channels)
+        _check_positive_int("num_classes", num_classes)
+        self.prep = _conv_bn_relu(in_channels, 64)
+        self.layer1 = nn.Sequential(_conv_bn_relu(64, 128), nn.MaxPool2d(2, ceil_mode=True))
+        self.res1 = nn.Sequential(_conv_bn_relu(128, 128), _conv_bn_relu(128, 128))
+        self.layer2 = nn.Sequential(_conv_bn_relu(128, 256), nn.MaxPool2d(2, ceil_mode=True))
+        self.layer3 = nn.Sequential(_conv_bn_relu(256, 512), nn.MaxPool2d(2, ceil_mode=True))
+        self.res3 = nn.Sequential(_conv_bn_relu(512, 512), _conv_bn_relu(512, 512))
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.head = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layer1(self.prep(x))
+        x = x + self.res1(x)
+        x = self.layer3(self.layer2(x))
+        x = x + self.res3(x)
+        return self.head(self.pool(x).flatten(1))
+
+
+class CostRegressionModel(nn.Module):
+    """A backbone plus the linear K -> K cost-regression layer of the SOSR baseline (section 5.2).
+
+    ``regressed_costs(x)`` is r(x), one regressed cost per class; the SOSR loss trains it. The
+    forward pass returns the scores ``-r(x)``, so that everything downstream that treats the
+    output as logits (argmax decisions, confusion matrices, attacks) picks the class of least
+    regressed cost without knowing about the regression.
+
+    The layer starts at weight = -I, bias = 0, so that r(x) = -logits and the scores equal the
+    backbone's logits: fine-tuning starts from the pretrained baseline's decisions instead of
+    from a random re-ranking of the classes.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        _check_positive_int("num_classes", num_classes)
+        try:
+            backbone_classes = classifier_head(backbone).out_features
+        except ModelConfigError:
+            backbone_classes = num_classes  # unknown backbone type: trust the caller
+        if backbone_classes != num_classes:
+            raise ModelConfigError(
+                f"num_classes={num_classes} but the backbone outputs {backbone_classes} logits"
+            )
+        self.backbone = backbone
+        self.cost_layer = nn.Linear(num_classes, num_classes)
+        with torch.no_grad():
+            self.cost_layer.weight.copy_(-torch.eye(num_classes))
+            self.cost_layer.bias.zero_()
+
+    def regressed_costs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cost_layer(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.regressed_costs(x)
+
+
+# --------------------------------------------------------------------------------------------
+# torchvision ResNet-18/34 and their pretrained weights
+# --------------------------------------------------------------------------------------------
+
+_RESNETS: dict[int, tuple[Callable[..., torchvision.models.ResNet], WeightsEnum]] = {
+    18: (torchvision.models.resnet18, ResNet18_Weights.IMAGENET1K_V1),
+    34: (torchvision.models.resnet34, ResNet34_Weights.IMAGENET1K_V1),
+}
+
+
+def pretrained_cache_path(weights: WeightsEnum) -> Path:
+    """Where torch hub keeps (and looks for) the file of ``weights``.
+
+    That is ``torch.hub.get_dir()/checkpoints/<file name in weights.url>``; ``torch.hub.get_dir()``
+    is ``$TORCH_HOME/hub`` when TORCH_HOME is set.
+    """
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def _unavailable_message(weights: WeightsEnum, path: Path, reason: str) -> str:
+    return (
+        f"pretrained weights {weights} are unavailable: {reason}. "
+        f"Fetch {weights.url} and save it as {path.name} in {path.parent} "
+        f"(that directory is $TORCH_HOME/hub/checkpoints; set TORCH_HOME to use another cache), "
+        f"or pass allow_download=True on a machine with network access."
+    )
+
+
+def load_pretrained_state_dict(
+    weights: WeightsEnum, *, allow_download: bool = False, timeout_s: float = 10.0
+) -> dict[str, torch.Tensor]:
+    """The state dict of ``weights``, read from the torch hub cache with ``weights_only=True``.
+
+    Without ``allow_download`` a missing file fails at once with ``PretrainedWeightsUnavailable``,
+    because a download attempt on an offline machine can hang for minutes. With it, torch hub
+    downloads the file (checking its hash) under a socket timeout of ``timeout_s`` seconds, and
+    any failure is reported the same way.
+    """
+    path = pretrained_cache_path(weights)
+    if not path.is_file():
+        if not allow_download:
+            raise PretrainedWeightsUnavailable(
+                _unavailable_message(weights, path, f"{path} does not exist")
+            )
+        # socket's default timeout is process-wide; it is restored however the download ends.
+        previous_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(timeout_s)
+        try:
+            return torch.hub.load_state_dict_from_url(
+                weights.url, progress=False, check_hash=True, map_location="cpu", weights_only=True
+            )
+        except Exception as exc:  # URLError, timeouts, hash mismatch: all mean "no weights"
+            raise PretrainedWeightsUnavailable(
+                _unavailable_message(weights, path, f"download failed ({exc!r})")
+            ) from exc
+        finally:
+            socket.setdefaulttimeout(previous_timeout)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PretrainedWeightsUnavailable(
+            _unavailable_message(weights, path, f"{path} could not be read ({exc!r}); delete it")
+        ) from exc
+
+
+def _kaiming_conv(in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
+    conv = nn.Conv2d(
+        in_channels, 64, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
+    )
+    # The same initialisation torchvision gives every ResNet conv.
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return conv
+
+
+def build_resnet(
+    depth: int,
+    num_classes: int,
+    in_channels: int = 3,
+    small_input: bool = False,
+    pretrained: bool = False,
+    allow_download: bool = False,
+) -> torchvision.models.ResNet:
+    """torchvision's ResNet-``depth`` (18 or 34) with a ``num_classes``-way final layer.
+
+    ``small_input`` swaps the ImageNet stem (7x7 stride-2 conv, then max-pool) for a 3x3 stride-1
+    conv and no max-pool, the usual stem for 28x28 and 32x32 images. ``in_channels`` other than 3
+    replaces the first conv (keeping the ImageNet kernel unless ``small_input``).
+
+    ``pretrained`` loads ImageNet weights (section 5.3.3 starts from them; see
+    ``load_pretrained_state_dict`` for the offline behaviour). The final layer is always new and
+    freshly initialised (section 5.3.3 replaces it too), and so is the first conv whenever the
+    stem or ``in_channels`` changes: its pretrained kernel no longer fits.
+    """
+    if depth not in _RESNETS:
+        raise ModelConfigError(f"ResNet depth must be one of {sorted(_RESNETS)}, got {depth!r}")
+    _check_positive_int("num_classes", num_classes)
+    _check_positive_int("in_channels", in_channels)
+    _check_bool("small_input", small_input)
+    _check_bool("pretrained", pretrained)
+    _check_bool("allow_download", allow_download)
+    constructor, weights = _RESNETS[depth]
+    # Read the weights before building: a missing file then fails before any expensive work.
+    state = None
+    if pretrained:
+        state = load_pretrained_state_dict(weights, allow_download=allow_download)
+    model = constructor(weights=None)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError) as exc:  # wrong keys/shapes, or not a dict at all
+            path = pretrained_cache_path(weights)
+            raise PretrainedWeightsUnavailable(
+                _unavailable_message(
+                    weights, path, f"{path} does not hold ResNet-{depth} weights ({exc})"
+                )
+            ) from exc
+    if small_input:
+        model.conv1 = _kaiming_conv(in_channels, kernel_size=3, stride=1)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = _kaiming_conv(in_channels, kernel_size=7, stride=2)
+    model.fc = nn.Linear(model.fc.in_features, num_classes)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# Fine-tuning helpers (section 5.3.3: train the new last layer alone, then everything)
+# --------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    # DistributedDataParallel / DataParallel (as Ray's prepare_model returns) hold the model.
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        return model.module
+    return model
+
+
+def classifier_head(model: nn.Module) -> nn.Linear:
+    """The final linear layer of a model built here (for CostRegressionModel: its cost layer)."""
+    model = _unwrap(model)
+    if isinstance(model, CostRegressionModel):
+        return model.cost_layer
+    if isinstance(model, (ToyMLP, SmallCNN, ResNet9)):
+        return model.head
+    if isinstance(model, torchvision.models.ResNet):
+        return model.fc
+    raise ModelConfigError(
+        f"no known classifier head for {type(model).__name__}; supported: ToyMLP, SmallCNN, "
+        "ResNet9, torchvision ResNet, CostRegressionModel"
+    )
+
+
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``classifier_head(model)`` (for an optimiser of the head-only stage)."""
+    return list(classifier_head(model).parameters())
+
+
+def freeze_all_but_head(model: nn.Module) -> None:
+    """Turn off ``requires_grad`` everywhere but the classifier head.
+
+    This does not touch train/eval mode: BatchNorm running statistics still update in train mode,
+    which is the caller's choice to make.
+    """
+    head = classifier_head(model)  # fails before any flag changes
+    model.requires_grad_(False)
+    head.requires_grad_(True)
+
+
+def unfreeze_all(model: nn.Module) -> None:
+    """Turn ``requires_grad`` back on for every parameter."""
+    model.requires_grad_(True)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------
+
+InputShape = tuple[int, ...]
+
+
+def _image_shape(name: str, input_shape: InputShape) -> tuple[int, int, int]:
+    if len(input_shape) != 3:
+        raise ModelConfigError(
+            f"model {name!r} needs an image input_shape (C, H, W), got {input_shape!r}"
+        )
+    channels, height, width = input_shape
+    if min(height, width) < MIN_IMAGE_SIDE:
+        raise ModelConfigError(
+            f"model {name!r} needs images of at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}, "
+            f"got input_shape {input_shape!r}"
+        )
+    return channels, height, width
+
+
+def _no_pretrained(name: str, pretrained: bool) -> None:
+    if pretrained:
+        raise ModelConfigError(
+            f"model {name!r} has no pretrained weights; "
+            "pretrained=True is valid for resnet18, resnet34"
+        )
+
+
+def _build_mlp(
+    *,
+    num_classes: int,
+    input_shape: InputShape,
+    pretrained: bool,
+    hidden: int = 50,
+    activation: str = "relu",
+) -> nn.Module:
+    _no_pretrained("mlp", pretrained)
+    return ToyMLP(math.prod(input_shape), num_classes, hidden=hidden, activation=activation)
+
+
+def _build_small_cnn(
+    *, num_classes: int, input_shape: InputShape, pretrained: bool, width: int = 32
+) -> nn.Module:
+    _no_pretrained("small_cnn", pretrained)
+    channels, _, _ = _image_shape("small_cnn", input_shape)
+    return SmallCNN(channels, num_classes, width=width)
+
+
+def _build_resnet9(*, num_classes: int, input_shape: InputShape, pretrained: bool) -> nn.Module:
+    _no_pretrained("resnet9", pretrained)
+    channels, _, _ = _image_shape("resnet9", input_shape)
+    return ResNet9(channels, num_classes)
+
+
+def _resnet_builder(depth: int) -> Callable[..., nn.Module]:
+    def build(
+        *,
+        num_classes: int,
+        input_shape: InputShape,
+        pretrained: bool,
+        small_input: bool | None = None,
+        allow_download: bool = False,
+    ) -> nn.Module:
+        channels, height, width = _image_shape(f"resnet{depth}", input_shape)
+        if small_input is None:
+            small_input = max(height, width) <= SMALL_INPUT_MAX_SIDE
+        return build_resnet(
+            depth,
+            num_classes,
+            in_channels=channels,
+            small_input=small_input,
+            pretrained=pretrained,
+            allow_download=allow_download,
+        )
+
+    return build
+
+
+# name -> builder(*, num_classes, input_shape, pretrained, **model options)
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": _build_mlp,
+    "small_cnn": _build_small_cnn,
+    "resnet9": _build_resnet9,
+    "resnet18": _resnet_builder(18),
+    "resnet34": _resnet_builder(34),
+}
+
+_COMMON_ARGS = frozenset({"num_classes", "input_shape", "pretrained"})
+
+
+def build_model(
+    name: str,
+    *,
+    num_classes: int,
+    input_shape: Sequence[int],
+    pretrained: bool = False,
+    **options: Any,
+) -> nn.Module:
+    """Build registered model ``name`` for inputs of ``input_shape`` ((C, H, W) or (F,)).
+
+    Image models take their input channels from ``input_shape``; ResNet-18/34 get the small-input
+    stem when both sides are at most 64 pixels unless ``small_input`` is given. ``options`` are
+    the model's own keyword options (mlp: hidden, activation; small_cnn: width; resnet18/34:
+    small_input, allow_download); anything else is an error.
+    """
+    if name not in MODELS:
+        raise ModelConfigError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    _check_positive_int("num_classes", num_classes)
+    _check_bool("pretrained", pretrained)
+    shape = tuple(input_shape)
+    if len(shape) not in (1, 3) or any(
+        isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape
+    ):
+        raise ModelConfigError(
+            f"input_shape must be (C, H, W) or (F,) of positive integers, got {input_shape!r}"
+        )
+    builder = MODELS[name]
+    valid = sorted(set(inspect.signature(builder).parameters) - _COMMON_ARGS)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ModelConfigError(
+            f"unknown option(s) {unknown} for model {name!r}; valid: {valid or 'none'}"
+        )
+    return builder(num_classes=num_classes, input_shape=shape, pretrained=pretrained, **options)

@@ -1,0 +1,277 @@
+"""Training objectives checked against the mathematics of sections 1.1, 3, 3.1 and 3.3."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.attacks import targeted_attack
+from pipeline.methods import (
+    CSADA,
+    ERM,
+    SOSR,
+    AdjustedPenalty,
+    Penalty,
+    build_method,
+    cost_penalty,
+    log_one_minus_softmax,
+    normalized_pair_weights,
+    sosr_loss,
+)
+
+COST = torch.tensor([[0.0, 2.0, 1.0], [0.5, 0.0, 4.0], [3.0, 1.0, 0.0]])
+
+
+def tiny_model(seed=0, classes=3):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(2, 8), nn.Tanh(), nn.Linear(8, classes))
+
+
+def tiny_batch(model, seed=1):
+    """A batch the model gets right (so the attacks move) holding every class twice."""
+    torch.manual_seed(seed)
+    x = torch.randn(64, 2) * 2
+    y = model(x).argmax(1)
+    picked = torch.cat([(y == c).nonzero()[:2, 0] for c in range(3)])
+    return x[picked], y[picked]
+
+
+def grads(model, loss):
+    return torch.autograd.grad(loss, list(model.parameters()))
+
+
+def test_pair_weights_follow_the_temperature_formula():
+    weights = normalized_pair_weights(COST, temperature=2.0)
+    squared = COST**2
+    torch.testing.assert_close(weights, squared / squared.sum())
+    assert weights.sum().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        normalized_pair_weights(COST, 0.0)
+    with pytest.raises(ValueError, match="no positive off-diagonal"):
+        normalized_pair_weights(torch.zeros(3, 3), 1.0)
+
+
+def test_log_one_minus_softmax_is_exact_and_finite_when_saturated():
+    logits = torch.tensor([[1.0, 2.0, -1.0], [200.0, 0.0, 0.0]])
+    expected_first = torch.log1p(-torch.softmax(logits[0], 0))
+    torch.testing.assert_close(log_one_minus_softmax(logits)[0], expected_first)
+    saturated = log_one_minus_softmax(logits)[1]
+    assert torch.isfinite(saturated).all()
+    assert saturated[0].item() == pytest.approx(math.log(2) - 200, abs=1e-4)  # log(2 e^0 / e^200)
+
+
+def test_penalty_is_minus_cost_weighted_log_one_minus_p():
+    logits = torch.tensor([[0.0, math.log(3.0), 0.0]])  # p = (0.2, 0.6, 0.2)
+    # y = 0: -(2 log(1 - 0.6) + 1 log(1 - 0.2))
+    expected = -(2 * math.log(0.4) + math.log(0.8))
+    assert cost_penalty(logits, torch.tensor([0]), COST).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_single_pair_penalty_is_objective_3():
+    # c = 1 on (y', z') only: the penalty is -1[y = y'] log(1 - p_z'), as in (3)
+    cost = torch.zeros(3, 3)
+    cost[2, 0] = 1
+    logits = torch.randn(5, 3)
+    y = torch.tensor([2, 0, 2, 1, 2])
+    expected = -(y == 2).float() * torch.log1p(-torch.softmax(logits, 1)[:, 0])
+    torch.testing.assert_close(cost_penalty(logits, y, cost), expected)
+
+
+def test_ap_is_cross_entropy_plus_alpha_penalty():
+    model = tiny_model()
+    x, y = torch.randn(7, 2), torch.randint(0, 3, (7,))
+    loss, stats = AdjustedPenalty(cost=COST, alpha=5.0).loss(model, x, y)
+    logits = model(x)
+    expected = F.cross_entropy(logits, y) + 5.0 * cost_penalty(logits, y, COST).mean()
+    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(Penalty(cost=COST).loss(model, x, y)[0], cost_penalty(logits, y, COST).mean())
+    assert set(stats) == {"ce", "penalty"}
+
+
+def test_sosr_loss_by_hand_and_argmin_prediction():
+    r = torch.tensor([[0.0, 1.0, 2.0]])
+    y = torch.tensor([0])  # costs (0, 2, 1): class 0 is cheapest (sign +1), the others sign -1
+    softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
+    expected = softplus(0.0 - 0.0) + softplus(-(1.0 - 2.0)) + softplus(-(2.0 - 1.0))
+    assert sosr_loss(r, y, COST).item() == pytest.approx(expected)
+    # gradient pushes the cheapest class's regressed cost down and an under-estimated one up
+    r = r.clone().requires_grad_()
+    sosr_loss(r, y, COST).sum().backward()
+    assert r.grad[0, 0] > 0 and r.grad[0, 1] < 0
+
+
+def test_sosr_wraps_the_model_and_predicts_the_argmin_cost():
+    method = SOSR(cost=COST)
+    backbone = tiny_model()
+    model = method.prepare_model(backbone)
+    assert method.prepare_model(model) is model
+    x = torch.randn(5, 2)
+    torch.testing.assert_close(model(x), backbone(x))  # starts from the baseline's decisions
+    assert torch.equal(model(x).argmax(1), model.regressed_costs(x).argmin(1))
+    loss, _ = method.loss(model, x, torch.randint(0, 3, (5,)))
+    loss.backward()
+    assert loss.item() > 0
+
+
+def test_erm_is_cross_entropy():
+    model = tiny_model()
+    x, y = torch.randn(4, 2), torch.tensor([0, 1, 2, 0])
+    torch.testing.assert_close(ERM().loss(model, x, y)[0], F.cross_entropy(model(x), y))
+
+
+CSADA_KW = dict(eps=0.5, steps=4, step_size=0.3, step_rule="gradient", temperature=1.5)
+
+
+def test_stochastic_gradient_is_unbiased_by_exact_enumeration():
+    """sum over pairs of c~(pair) * grad(stochastic loss | pair) == grad(full objective (5))."""
+    model = tiny_model()
+    x, y = tiny_batch(model)
+    full = CSADA(cost=COST, adv_weight=3.0, pairs="full", **CSADA_KW)
+    stochastic = CSADA(cost=COST, adv_weight=3.0, pairs="stochastic", normalization="unbiased", **CSADA_KW)
+    expected = grads(model, full.loss(model, x, y)[0])
+    weights = stochastic.weights
+    total = [torch.zeros_like(p) for p in model.parameters()]
+    for true_class in range(3):
+        for target_class in range(3):
+            if weights[true_class, target_class] == 0:
+                continue
+            loss, _ = stochastic.stochastic_loss(model, x, y, (true_class, target_class))
+            for acc, g in zip(total, grads(model, loss)):
+                acc += weights[true_class, target_class] * g
+    for got, want in zip(total, expected):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_full_objective_matches_a_direct_evaluation_of_5():
+    model = tiny_model()
+    x, y = tiny_batch(model)
+    method = CSADA(cost=COST, adv_weight=2.0, pairs="full", **CSADA_KW)
+    loss, stats = method.loss(model, x, y)
+    weights = method.weights
+    adv = 0.0
+    for i in range(len(x)):
+        for z in range(3):
+            if z == int(y[i]):
+                continue
+            attacked = targeted_attack(
+                model, x[i : i + 1], y[i : i + 1], torch.tensor([z]), eps=0.5, steps=4, step_size=0.3
+            )
+            adv += weights[y[i], z] * F.cross_entropy(model(attacked.x_adv), y[i : i + 1])
+    expected = F.cross_entropy(model(x), y) + 2.0 * adv / len(x)
+    torch.testing.assert_close(loss, expected)
+    assert stats["n_attacked"].item() == 2 * len(x)  # every off-diagonal cost of COST is positive
+
+
+def test_authors_normalisation_averages_over_the_attacked_class_only():
+    model = tiny_model()
+    x, y = tiny_batch(model)
+    kwargs = dict(cost=COST, adv_weight=1.0, **CSADA_KW)
+    unbiased = CSADA(normalization="unbiased", **kwargs).stochastic_loss(model, x, y, (1, 2))[1]["adv"]
+    authors = CSADA(normalization="attacked_mean", **kwargs).stochastic_loss(model, x, y, (1, 2))[1]["adv"]
+    attacked = int((y == 1).sum())
+    torch.testing.assert_close(authors, unbiased * len(x) / attacked)
+
+
+def test_a_pair_whose_class_is_absent_adds_nothing():
+    model = tiny_model()
+    x, y = tiny_batch(model)
+    keep = y != 2
+    loss, stats = CSADA(cost=COST, **CSADA_KW).stochastic_loss(model, x[keep], y[keep], (2, 0))
+    torch.testing.assert_close(loss, F.cross_entropy(model(x[keep]), y[keep]))
+    assert stats["n_attacked"].item() == 0
+
+
+def test_zero_adv_weight_recovers_erm():
+    model = tiny_model()
+    x, y = tiny_batch(model)
+    loss, _ = CSADA(cost=COST, adv_weight=0.0, pairs="full", **CSADA_KW).loss(model, x, y)
+    torch.testing.assert_close(loss, F.cross_entropy(model(x), y))
+
+
+def test_pair_sampler_follows_the_normalised_costs_and_is_seeded():
+    method = CSADA(cost=COST, temperature=1.0, seed=3)
+    draws = torch.tensor([method.sample_pair() for _ in range(6000)])
+    frequency = torch.zeros(3, 3)
+    frequency.index_put_((draws[:, 0], draws[:, 1]), torch.ones(len(draws)), accumulate=True)
+    frequency /= len(draws)
+    torch.testing.assert_close(frequency, method.weights, atol=0.02, rtol=0)
+    assert frequency.diagonal().sum() == 0
+    again = CSADA(cost=COST, temperature=1.0, seed=3)
+    assert [list(again.sample_pair()) for _ in range(50)] == draws[:50].tolist()
+
+
+def test_only_pairs_with_positive_weight_are_attacked():
+    cost = torch.zeros(3, 3)
+    cost[1, 2] = 1.0
+    model = tiny_model()
+    x, y = tiny_batch(model)
+    _, stats = CSADA(cost=cost, pairs="full", **CSADA_KW).loss(model, x, y)
+    assert stats["n_attacked"].item() == int((y == 1).sum())
+
+
+def test_csada_trains_through_the_attack_without_touching_bn_statistics_twice():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = torch.randn(32, 2), torch.randint(0, 3, (32,))
+    method = CSADA(cost=COST, pairs="full", **CSADA_KW)
+    model.train()
+    method.loss(model, x, y)[0].backward()
+    # the attack ran in eval mode; only the training forward counted a batch
+    assert int(model[1].num_batches_tracked) == 1
+    assert all(p.grad is not None for p in model.parameters())
+
+
+# --- Theorem 1 (section 3.1) ---------------------------------------------------------------
+
+
+def test_theorem_1_binary_targeted_ascent_equals_loss_ascent():
+    """With two classes, ascending p_ybar is ascending the cross-entropy: same L-inf PGD path."""
+    model = tiny_model(classes=2)
+    torch.manual_seed(5)
+    x = torch.randn(40, 2)
+    y = model(x).argmax(1)
+    targeted = targeted_attack(model, x, y, 1 - y, eps=0.4, steps=6, step_size=0.1, step_rule="steepest")
+
+    # untargeted PGD on the cross-entropy, same geometry, stopping where the label flips
+    delta = torch.zeros_like(x)
+    running = torch.ones(len(x), dtype=torch.bool)
+    for _ in range(6):
+        x_in = (x + delta).requires_grad_()
+        loss = F.cross_entropy(model(x_in), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, x_in)
+        proposal = (delta + 0.1 * g.sign()).clamp(-0.4, 0.4)
+        delta = torch.where(running.unsqueeze(1), proposal, delta)
+        running &= model(x + delta).argmax(1) == y
+    torch.testing.assert_close(targeted.x_adv, (x + delta).detach())
+    # and the raw gradients are positive multiples of each other
+    x_in = x.clone().requires_grad_()
+    logits = model(x_in)
+    (g_ce,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x_in, retain_graph=True)
+    (g_target,) = torch.autograd.grad(F.log_softmax(logits, 1).gather(1, (1 - y)[:, None]).sum(), x_in)
+    cosine = F.cosine_similarity(g_ce, g_target, dim=1)
+    torch.testing.assert_close(cosine, torch.ones_like(cosine))
+
+
+def test_theorem_1_fails_with_three_classes():
+    """The paper's counter-example: r_y = 3 d, r_z = 2 d, r_3 = -10 d on |d| <= eps."""
+    eps = 1.0
+    d = torch.linspace(-eps, eps, 2001)
+    logits = torch.stack([3 * d, 2 * d, -10 * d], dim=1)
+    ce = -F.log_softmax(logits, 1)[:, 0]
+    p_z = torch.softmax(logits, 1)[:, 1]
+    assert d[ce.argmax()].item() == pytest.approx(-eps)
+    assert d[p_z.argmax()].item() > 0
+
+
+def test_build_method_registry_errors():
+    with pytest.raises(ValueError, match="unknown method 'csda'; known: ap, csada, erm, penalty, sosr"):
+        build_method("csda", COST)
+    with pytest.raises(ValueError, match="needs a cost matrix"):
+        build_method("ap")
+    with pytest.raises(ValueError, match="invalid options for method 'ap'"):
+        build_method("ap", COST, {"lambda": 1})
+    with pytest.raises(ValueError, match="normalization"):
+        build_method("csada", COST, {"normalization": "mean"})
+    assert build_method("csada", COST, {"adv_weight": 2.0, "pairs": "full"}).pairs == "full"
