@@ -1,0 +1,117 @@
+"""Benchmark: Algorithm 1 and one stochastic CSADA step on a 28x28 CNN, against one ERM step.
+
+Real images: scikit-learn's 8x8 digits upsampled to 28x28 (offline). The CNN is first
+trained for a few epochs so that most samples are classified correctly and the attack
+actually runs (misclassified samples are skipped at no cost, which would flatter it).
+
+Prints, from one run on one machine:
+  * attack throughput (samples per second) and forward/backward passes per attack step;
+  * the time of one stochastic CSADA training step (K = 10) divided by one ERM step.
+    Goal on the 2-core development CPU: at most 2.0.
+
+    python bench/attack.py [--batch 128] [--steps 10] [--repeats 30] [--step-rule steepest] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from pipeline.attacks import targeted_attack
+from pipeline.costs import CostMatrix
+from pipeline.datasets import load_digits
+from pipeline.methods import CSADA, ERM
+from pipeline.models import SmallCNN
+from pipeline.train import TensorBatches, train_epoch
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(function, repeats: int, device: torch.device) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        start = time.perf_counter()
+        function()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10, help="K, ascent steps per attack")
+    parser.add_argument("--step-size", type=float, default=0.05)
+    parser.add_argument("--eps", type=float, default=10.0)
+    parser.add_argument("--step-rule", default="steepest", choices=["gradient", "steepest"])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup-epochs", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    data = load_digits(seed=0)
+    train = data.split("train")
+    x_all = F.interpolate(train.x, size=(28, 28), mode="bilinear", align_corners=False).to(device)
+    y_all = train.y.to(device)
+    model = SmallCNN(in_channels=1, num_classes=10).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batches = TensorBatches(x_all, y_all, args.batch, seed=0)
+    for _ in range(args.warmup_epochs):
+        train_epoch(model, ERM(), batches, optimizer)
+    model.eval()
+    with torch.no_grad():
+        train_accuracy = float((model(x_all).argmax(1) == y_all).float().mean())
+    model.train()
+
+    x, y = x_all[: args.batch], y_all[: args.batch]
+    target = (y + 1 + torch.arange(len(y), device=device) % 9) % 10  # every z != y, spread evenly
+    attack_kwargs = dict(eps=args.eps, steps=args.steps, step_size=args.step_size, step_rule=args.step_rule)
+
+    result = targeted_attack(model, x, y, target, **attack_kwargs)
+    attack_times = timed(lambda: targeted_attack(model, x, y, target, **attack_kwargs), args.repeats, device)
+
+    cost = CostMatrix.pareto(data.classes, seed=0).as_tensor(device=device)
+    csada = CSADA(cost=cost, adv_weight=2.0, temperature=3.0, steps=args.steps, pairs="stochastic",
+                  eps=args.eps, step_size=args.step_size, step_rule=args.step_rule, seed=0)
+    erm = ERM()
+
+    def step(method):
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = method.loss(model, x, y)
+        loss.backward()
+        optimizer.step()
+
+    # Interleave the two so drift in machine load hits both alike.
+    for _ in range(3):
+        step(erm), step(csada)
+    erm_times, csada_times = [], []
+    for _ in range(args.repeats):
+        erm_times += timed(lambda: step(erm), 1, device)
+        csada_times += timed(lambda: step(csada), 1, device)
+    erm_median, csada_median = statistics.median(erm_times), statistics.median(csada_times)
+    attack_median = statistics.median(attack_times)
+
+    print(f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch}, K {args.steps}")
+    print(f"model train accuracy before timing: {train_accuracy:.3f}")
+    print(f"attack outcomes (one batch, one target per sample): {result.counts()}")
+    print(f"attack: {attack_median * 1e3:.1f} ms per batch, {len(x) / attack_median:,.0f} samples/s")
+    print(
+        f"passes per attack step: {result.n_forward / args.steps:.2f} forward, "
+        f"{result.n_backward / args.steps:.2f} backward ({result.n_forward} / {result.n_backward} in all, K = {args.steps})"
+    )
+    print(f"ERM step: {erm_median * 1e3:.1f} ms; stochastic CSADA step: {csada_median * 1e3:.1f} ms")
+    print(f"CSADA / ERM step time ratio: {csada_median / erm_median:.2f} (goal <= 2.0)")
+
+
+if __name__ == "__main__":
+    main()
