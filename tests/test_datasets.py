@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import gzip
 import io
 import pickle
 import socket
@@ -23,6 +22,10 @@ from pipeline.datasets import (DATASETS, TOY_CLASSES, TOY_COVARIANCE, TOY_MEANS,
                                load_toy, stratified_split)
 import pipeline.datasets
 from pipeline.datasets import pmi, tables, vision
+from pipeline.datasets.common import check_indices
+
+from fakes import (CIFAR_NAMES, NDCS, pill_image, png_bytes, write_fake_cifar,
+                   write_fake_cifar_archive, write_fake_mnist, write_pill_tree)
 
 
 # ---------------------------------------------------------------- common
@@ -65,6 +68,20 @@ def test_stratified_split_too_small_class_names_class_and_count() -> None:
 def test_stratified_split_rejects_bad_fractions(fractions: dict[str, float]) -> None:
     with pytest.raises(DatasetError, match="fraction"):
         stratified_split(np.zeros(10, dtype=int), fractions)
+
+
+def test_check_indices_orders_splits_and_rejects_leaks() -> None:
+    parts = check_indices({"test": [4], "train": [0, 2], "val": np.array([3])}, 5, "five")
+    assert list(parts) == ["train", "val", "test"] and parts["train"].dtype == np.int64
+    assert parts["train"].tolist() == [0, 2]
+    with pytest.raises(DatasetError, match=r"indices\['val'\] for five must lie in \[0, 5\); got \[5\]"):
+        check_indices({"train": [0], "val": [5]}, 5, "five")
+    with pytest.raises(DatasetError, match=r"repeat sample\(s\) \[2\]"):
+        check_indices({"train": [0, 2], "test": [2]}, 5, "five")
+    with pytest.raises(DatasetError, match="must include 'train' and use only train, val"):
+        check_indices({"train": [0], "test": [1]}, 5, "five", allowed=("train", "val"))
+    with pytest.raises(DatasetError, match="1-D sequence of ints"):
+        check_indices({"train": [0.5]}, 5, "five")
 
 
 def test_array_dataset_items_and_validation() -> None:
@@ -211,27 +228,6 @@ def test_digits_seeded(digits: ClassificationData) -> None:
 # ---------------------------------------------------------------- MNIST / CIFAR-10 (fake files)
 
 
-def _idx(array: np.ndarray) -> bytes:
-    """MNIST's idx format: magic (0, 0, 0x08 = ubyte, ndim), big-endian dims, raw bytes."""
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    return header + array.astype(np.uint8).tobytes()
-
-
-def _write_fake_mnist(root: Path, per_class: int = 3, test: int = 5) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    arrays = {
-        "train-images-idx3-ubyte": rng.integers(0, 256, (10 * per_class, 28, 28)),
-        "train-labels-idx1-ubyte": np.tile(np.arange(10), per_class),
-        "t10k-images-idx3-ubyte": rng.integers(0, 256, (test, 28, 28)),
-        "t10k-labels-idx1-ubyte": np.arange(test) % 10,
-    }
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name, array in arrays.items():  # written gzipped, as downloaded
-        (raw / f"{name}.gz").write_bytes(gzip.compress(_idx(array)))
-    return arrays
-
-
 def test_mnist_missing_files_say_what_to_put_where(tmp_path: Path) -> None:
     with pytest.raises(DatasetMissingError) as info:
         load_dataset("mnist", root=tmp_path)
@@ -286,7 +282,7 @@ def test_probe_gives_up_on_a_stalled_connection(monkeypatch) -> None:
 
 
 def test_mnist_loads_fake_idx_files(tmp_path: Path) -> None:
-    arrays = _write_fake_mnist(tmp_path)
+    arrays = write_fake_mnist(tmp_path)
     data = vision.load_mnist(tmp_path, seed=0)
     assert (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()  # un-gzipped
     assert data.classes == [str(d) for d in range(10)] and data.input_shape == (1, 28, 28)
@@ -307,35 +303,16 @@ def test_mnist_loads_fake_idx_files(tmp_path: Path) -> None:
 
 
 def test_mnist_malformed_file_is_a_dataset_error(tmp_path: Path) -> None:
-    _write_fake_mnist(tmp_path)
+    write_fake_mnist(tmp_path)
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"not an idx file")
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DatasetError, match="malformed"):
         vision.load_mnist(tmp_path)
 
 
-CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
-               "truck"]
-
-
-def _cifar_payloads() -> dict[str, bytes]:
-    """Ten images per batch (one per class) in CIFAR's pickled (N, 3072) channel-major layout."""
-    rng = np.random.default_rng(1)
-    payloads = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"data": rng.integers(0, 256, (10, 3072)).astype(np.uint8),
-                 "labels": list(range(10))}
-        payloads[name] = pickle.dumps(batch, protocol=2)
-    payloads["batches.meta"] = pickle.dumps({"label_names": CIFAR_NAMES}, protocol=2)
-    return payloads
-
-
 @pytest.fixture
 def fake_cifar(tmp_path: Path) -> Path:
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    for name, payload in _cifar_payloads().items():
-        (folder / name).write_bytes(payload)
+    write_fake_cifar(tmp_path / "cifar-10-batches-py")
     return tmp_path
 
 
@@ -383,39 +360,16 @@ def test_cifar10_augments_train_only_with_crop_and_flip(fake_cifar: Path) -> Non
 
 
 def test_cifar10_extracts_the_downloaded_archive(tmp_path: Path) -> None:
-    with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
-        for name, payload in _cifar_payloads().items():
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
+    write_fake_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
     data = vision.load_cifar10(tmp_path, verify_checksums=False, val_fraction=0)
     assert list(data.splits) == ["train", "test"] and len(data.splits["train"]) == 50
 
 
 # ---------------------------------------------------------------- PMI (synthetic pill images)
 
-NDCS = {"50111-0434": (10, (200, 40, 40)), "57664-0377": (7, (40, 160, 60)),
-        "65162-0253": (5, (230, 230, 210))}
-
-
-def _pill_image(rng: np.random.Generator, colour: tuple[int, int, int], size=(40, 36)):
-    from PIL import Image, ImageDraw
-
-    image = Image.new("RGB", size, tuple(int(v) for v in rng.integers(20, 90, 3)))
-    x, y = rng.integers(2, 16), rng.integers(2, 12)
-    ImageDraw.Draw(image).ellipse([x, y, x + rng.integers(8, 20), y + rng.integers(5, 12)],
-                                  fill=colour)
-    return image
-
-
 @pytest.fixture(scope="module")
 def pill_tree(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pmi")
-    rng = np.random.default_rng(0)
-    for ndc, (count, colour) in NDCS.items():
-        (root / ndc).mkdir()
-        for i in range(count):
-            _pill_image(rng, colour).save(root / ndc / f"img_{i:03d}.png")
+    root = write_pill_tree(tmp_path_factory.mktemp("pmi"))
     (root / ".cache").mkdir()  # hidden folders are not classes
     (root / "50111-0434" / "notes.txt").write_text("ignored: not an image")
     return root
@@ -509,7 +463,7 @@ def test_pmi_folder_errors_and_warnings(tmp_path: Path) -> None:
     for name in ("aspirin", "12345-6789"):
         (tmp_path / name).mkdir()
         for i in range(3):
-            _pill_image(rng, (250, 250, 250)).save(tmp_path / name / f"{i}.png")
+            pill_image(rng, (250, 250, 250)).save(tmp_path / name / f"{i}.png")
     with pytest.warns(UserWarning, match=r"\['aspirin'\] .* do not look like NDCs"):
         data = pmi.load_pmi(tmp_path, crop_size=32, image_size=16)
     assert data.classes == ["12345-6789", "aspirin"]
@@ -528,19 +482,11 @@ def test_fetch_pmi_needs_a_local_archive(tmp_path: Path) -> None:
     assert not (tmp_path / "pmi").exists()
 
 
-def _png_bytes(colour: tuple[int, int, int]) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def test_fetch_pmi_extracts_zip_with_nested_top_folder(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "PMI.zip", "w") as zf:
         zf.writestr("PMI/README.txt", "metadata")
         for ndc in ("50111-0434", "57664-0377"):
-            zf.writestr(f"PMI/images/{ndc}/a.png", _png_bytes((10, 20, 30)))
+            zf.writestr(f"PMI/images/{ndc}/a.png", png_bytes((10, 20, 30)))
     dest = pmi.fetch_pmi(tmp_path / "out" / "pmi", archive=tmp_path / "PMI.zip")
     assert sorted(p.name for p in dest.iterdir()) == ["50111-0434", "57664-0377"]
     assert (dest / "50111-0434" / "a.png").is_file()
@@ -551,7 +497,7 @@ def test_fetch_pmi_extracts_zip_with_nested_top_folder(tmp_path: Path) -> None:
 
 def test_fetch_pmi_extracts_tar_with_classes_at_the_top(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "pmi.tar.gz", "w:gz") as tar:
-        payload = _png_bytes((1, 2, 3))
+        payload = png_bytes((1, 2, 3))
         info = tarfile.TarInfo("65162-0253/x.png")
         info.size = len(payload)
         tar.addfile(info, io.BytesIO(payload))

@@ -278,3 +278,35 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def check_indices(indices: Mapping[str, Sequence[int] | np.ndarray], n: int, what: str,
+                  allowed: Sequence[str] = SPLIT_NAMES) -> dict[str, np.ndarray]:
+    """Given split indices (e.g. from a manifest) as int64 arrays, in ``allowed`` order.
+
+    Every key must be one of ``allowed`` and "train" must be present; every index must lie in
+    ``[0, n)`` and belong to one split only (a sample in two splits would leak between them).
+    ``what`` names the data in error messages.
+    """
+    unknown = sorted(set(indices) - set(allowed))
+    if unknown or "train" not in indices:
+        raise DatasetError(f"indices for {what} must include 'train' and use only "
+                           f"{', '.join(allowed)}; got {sorted(indices)}")
+    parts: dict[str, np.ndarray] = {}
+    for key in (k for k in allowed if k in indices):
+        idx = np.asarray(indices[key])
+        if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+            raise DatasetError(f"indices[{key!r}] for {what} must be a 1-D sequence of ints; "
+                               f"got dtype {idx.dtype}, shape {idx.shape}")
+        outside = idx[(idx < 0) | (idx >= n)]
+        if outside.size:
+            raise DatasetError(f"indices[{key!r}] for {what} must lie in [0, {n}); got "
+                               f"{outside[:5].tolist()}{' ...' if outside.size > 5 else ''}")
+        parts[key] = idx.astype(np.int64)
+    together = np.concatenate(list(parts.values()))
+    values, counts = np.unique(together, return_counts=True)
+    if (counts > 1).any():
+        repeated = values[counts > 1]
+        raise DatasetError(f"indices for {what} repeat sample(s) {repeated[:5].tolist()}"
+                           f"{' ...' if repeated.size > 5 else ''}; each sample belongs to one split")
+    return parts

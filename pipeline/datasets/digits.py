@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
-from .common import (ArrayDataset, ClassificationData, Normalization, check_split_fractions_named,
-                     stratified_split, train_mean_std)
+from .common import (ArrayDataset, ClassificationData, DatasetError, Normalization,
+                     check_indices, check_split_fractions_named, stratified_split, train_mean_std)
 
 DIGITS_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 _DIGITS_MAX = 16.0  # sklearn's digits are counts 0..16 of set pixels in 4x4 blocks
@@ -21,18 +22,38 @@ def load_digits(*, seed: int = 0, fractions: Mapping[str, float] | None = None) 
     channel) computed on the training split only, so val/test carry no information into the
     inputs. ``normalization.clamp_min/clamp_max`` are the standardised values of pixels 0 and 1.
     """
+    images, targets = digits_arrays()
+    parts = stratified_split(targets, check_split_fractions_named(fractions), seed, DIGITS_CLASSES)
+    return digits_data(images, targets, parts, metadata={"seed": seed})
+
+
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's raw digits: images (1797, 8, 8) of counts 0..16 as uint8, int64 targets."""
     from sklearn.datasets import load_digits as sklearn_digits  # bundled with sklearn, no network
 
     bunch = sklearn_digits()
-    images = bunch.images.astype(np.float64) / _DIGITS_MAX
-    targets = bunch.target.astype(np.int64)
-    parts = stratified_split(targets, check_split_fractions_named(fractions), seed, DIGITS_CLASSES)
+    return bunch.images.astype(np.uint8), bunch.target.astype(np.int64)
 
-    mean, std = train_mean_std(images[parts["train"]], axis=None)
-    x = torch.from_numpy(((images - mean) / std).astype(np.float32)).unsqueeze(1)
+
+def digits_data(images: np.ndarray, targets: np.ndarray,
+                parts: Mapping[str, np.ndarray], *,
+                metadata: Mapping[str, Any] | None = None) -> ClassificationData:
+    """Raw digit images (counts 0..16) and targets as splits ``parts`` (split -> row indices).
+
+    The standardisation of :func:`load_digits`; ``parts`` may come from a manifest.
+    """
+    images = np.asarray(images)
+    targets = np.asarray(targets, dtype=np.int64)
+    if images.ndim != 3 or images.shape[1:] != (8, 8) or images.shape[0] != targets.shape[0]:
+        raise DatasetError(f"digits need images (N, 8, 8) and N targets; got {images.shape} "
+                           f"and {targets.shape}")
+    parts = check_indices(parts, targets.shape[0], "digits")
+    pixels = images.astype(np.float64) / _DIGITS_MAX
+    mean, std = train_mean_std(pixels[parts["train"]], axis=None)
+    x = torch.from_numpy(((pixels - mean) / std).astype(np.float32)).unsqueeze(1)
     y = torch.from_numpy(targets)
     splits = {k: ArrayDataset(x[idx], y[idx]) for k, idx in parts.items()}
     return ClassificationData(
         name="digits", classes=list(DIGITS_CLASSES), splits=splits, input_shape=(1, 8, 8),
         normalization=Normalization(mean=(float(mean),), std=(float(std),), raw_range=(0.0, 1.0)),
-        metadata={"seed": seed, "indices": {k: v.tolist() for k, v in parts.items()}})
+        metadata={**(metadata or {}), "indices": {k: v.tolist() for k, v in parts.items()}})

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from .common import (ClassificationData, DatasetError, DatasetMissingError, Normalization,
-                     TransformedSubset, check_split_fractions_named, stratified_split)
+                     TransformedSubset, check_indices, check_split_fractions_named,
+                     stratified_split)
 
 PMI_DATASET_URL = "https://deepblue.lib.umich.edu/data/concern/data_sets/6d56zw997"
 # The suffixes torchvision's ImageFolder accepts.
@@ -148,8 +149,13 @@ def load_pmi(root: str | os.PathLike[str], *, seed: int = 0,
              fractions: Mapping[str, float] | None = None, crop_size: int = 960,
              image_size: int = 224, scale: tuple[float, float] = (0.8, 1.0),
              mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-             stats_workers: int = 0) -> ClassificationData:
-    """PMI as train/val/test splits of (3, image_size, image_size) tensors (see module doc)."""
+             stats_workers: int = 0, augment: bool = True,
+             indices: Mapping[str, Sequence[int]] | None = None) -> ClassificationData:
+    """PMI as train/val/test splits of (3, image_size, image_size) tensors (see module doc).
+
+    ``augment=False`` gives the train split the eval transform. ``indices`` (split -> positions in
+    the sorted image list of :func:`scan_pmi`, e.g. from a manifest) replaces the seeded split.
+    """
     for key, value in {"crop_size": crop_size, "image_size": image_size}.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise DatasetError(f"{key} must be a positive int; got {value!r}")
@@ -160,7 +166,10 @@ def load_pmi(root: str | os.PathLike[str], *, seed: int = 0,
     fractions = check_split_fractions_named(fractions)
     classes, samples = scan_pmi(root)
     base = ImageFiles(samples)
-    parts = stratified_split(np.asarray(base.targets), fractions, seed, classes)
+    if indices is not None:
+        parts = check_indices(indices, len(base), f"the PMI images under {root}")
+    else:
+        parts = stratified_split(np.asarray(base.targets), fractions, seed, classes)
     if mean is None:
         mean, std = channel_stats(
             TransformedSubset(base, parts["train"], _unnormalised_eval(crop_size, image_size)),
@@ -170,7 +179,7 @@ def load_pmi(root: str | os.PathLike[str], *, seed: int = 0,
         raise DatasetError(f"PMI images are RGB; mean/std need 3 values, got {len(norm.mean)}")
     train_tf, eval_tf = pmi_transforms(norm.mean, norm.std, crop_size=crop_size,
                                        image_size=image_size, scale=scale)
-    splits = {k: TransformedSubset(base, idx, train_tf if k == "train" else eval_tf)
+    splits = {k: TransformedSubset(base, idx, train_tf if k == "train" and augment else eval_tf)
               for k, idx in parts.items()}
     return ClassificationData(
         name="pmi", classes=classes, splits=splits, input_shape=(3, image_size, image_size),
@@ -207,7 +216,7 @@ def fetch_pmi(dest: str | os.PathLike[str],
     try:
         for path in archives:
             _extract(path, scratch)
-        tree = _image_folder_root(scratch)
+        tree = image_folder_root(scratch)
         if dest.exists():
             dest.rmdir()
         os.replace(tree, dest)
@@ -231,7 +240,7 @@ def _extract(path: Path, into: Path) -> None:
         raise DatasetError(f"cannot extract {path}: {err}") from err
 
 
-def _image_folder_root(top: Path) -> Path:
+def image_folder_root(top: Path) -> Path:
     """The shallowest folder under ``top`` (itself included) with a sub-folder holding images."""
     level = [top]
     while level:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from .common import (SPLIT_NAMES, ArrayDataset, ClassificationData, DatasetError,
-                     DatasetMissingError, Normalization, check_split_fractions_named,
-                     stratified_split, train_mean_std)
+                     DatasetMissingError, Normalization, check_indices,
+                     check_split_fractions_named, stratified_split, train_mean_std)
 
 TABLE_READERS = {".csv": "read_csv", ".parquet": "read_parquet", ".pq": "read_parquet"}
 
@@ -29,20 +29,22 @@ TABLE_READERS = {".csv": "read_csv", ".parquet": "read_parquet", ".pq": "read_pa
 def load_table(path: str | os.PathLike[str], label_column: str,
                feature_columns: Sequence[str] | None = None, *, seed: int = 0,
                fractions: Mapping[str, float] | None = None, split_column: str = "split",
-               name: str | None = None) -> ClassificationData:
-    """Load ``path`` (``.csv``, ``.parquet`` or ``.pq``) as (F,) float32 inputs (see module doc)."""
+               name: str | None = None,
+               indices: Mapping[str, Sequence[int]] | None = None) -> ClassificationData:
+    """Load ``path`` (``.csv``, ``.parquet`` or ``.pq``) as (F,) float32 inputs (see module doc).
+
+    ``indices`` (split -> row numbers, e.g. from a manifest) fixes the splits instead of the
+    split column or the seeded split.
+    """
     frame = read_table(path)
-    columns = [str(c) for c in frame.columns]
-    if label_column not in frame.columns:
-        raise DatasetError(f"label column {label_column!r} not in {path}; columns: {columns}")
+    classes, y = table_labels(frame, label_column, path)
     features = _feature_columns(frame, label_column, feature_columns, split_column, path)
     x_raw = _numeric_features(frame, features)
-    classes, y = _encode_labels(frame[label_column], label_column)
-
-    if split_column in frame.columns:
-        parts = _given_splits(frame[split_column], split_column)
+    if indices is not None:
+        parts = check_indices(indices, len(frame), f"table {path}")
     else:
-        parts = stratified_split(y, check_split_fractions_named(fractions), seed, classes)
+        parts = table_splits(frame, y, classes, seed=seed, fractions=fractions,
+                             split_column=split_column)
     mean, std = train_mean_std(x_raw[parts["train"]], axis=0)
     x = torch.from_numpy(((x_raw - mean) / std).astype(np.float32))
     y_t = torch.from_numpy(y)
@@ -53,6 +55,23 @@ def load_table(path: str | os.PathLike[str], label_column: str,
                                     raw_range=None),
         metadata={"path": os.fspath(path), "features": features, "label_column": label_column,
                   "seed": seed, "split_column": split_column if split_column in frame.columns else None})
+
+
+def table_labels(frame: Any, label_column: str, path: Any) -> tuple[list[str], np.ndarray]:
+    """Class names of ``frame[label_column]`` (see module doc) and each row's class index."""
+    if label_column not in frame.columns:
+        raise DatasetError(f"label column {label_column!r} not in {path}; "
+                           f"columns: {[str(c) for c in frame.columns]}")
+    return _encode_labels(frame[label_column], label_column)
+
+
+def table_splits(frame: Any, y: np.ndarray, classes: Sequence[str], *, seed: int = 0,
+                 fractions: Mapping[str, float] | None = None,
+                 split_column: str = "split") -> dict[str, np.ndarray]:
+    """Row numbers per split: the table's own ``split_column`` if it has one, else 6:2:2 seeded."""
+    if split_column in frame.columns:
+        return _given_splits(frame[split_column], split_column)
+    return stratified_split(y, check_split_fractions_named(fractions), seed, classes)
 
 
 def read_table(path: str | os.PathLike[str]) -> Any:

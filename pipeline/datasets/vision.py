@@ -26,7 +26,7 @@ import pickle
 import socket
 import tarfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .common import (ClassificationData, DatasetError, DatasetMissingError, Normalization,
-                     TransformedSubset, atomic_write_bytes, dataset_labels, stratified_split)
+                     TransformedSubset, atomic_write_bytes, check_indices, dataset_labels,
+                     stratified_split)
 
 MNIST_MEAN: tuple[float, ...] = (0.1307,)
 MNIST_STD: tuple[float, ...] = (0.3081,)
@@ -56,16 +57,20 @@ CIFAR10_FILES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6)) +
 
 def load_mnist(root: str | os.PathLike[str], download: bool = False, *, val_fraction: float = 0.1,
                seed: int = 0, mean: Sequence[float] = MNIST_MEAN, std: Sequence[float] = MNIST_STD,
-               download_timeout: float = 10.0) -> ClassificationData:
-    """MNIST, (1, 28, 28) inputs; train minus a ``val_fraction`` carve-out, val, official test."""
+               download_timeout: float = 10.0,
+               indices: Mapping[str, Sequence[int]] | None = None) -> ClassificationData:
+    """MNIST, (1, 28, 28) inputs; train minus a ``val_fraction`` carve-out, val, official test.
+
+    ``indices`` ("train" and optionally "val" -> rows of the official training set, e.g. from a
+    manifest) replaces the seeded carve-out; the test split is always the official test set.
+    """
     from torchvision.datasets import MNIST
 
     norm = _check_options("mnist", 1, val_fraction, mean, std)
     raw = Path(root) / "MNIST" / "raw"
     _gunzip_pending(raw, MNIST_FILES)
     if download and _missing(raw, MNIST_FILES):
-        problem = _try_download(lambda: MNIST(os.fspath(root), train=True, download=True),
-                                MNIST_URL, download_timeout)
+        problem = download_mnist(root, download_timeout)
     else:
         problem = None
     missing = _missing(raw, MNIST_FILES)
@@ -83,14 +88,18 @@ def load_mnist(root: str | os.PathLike[str], download: bool = False, *, val_frac
         raise DatasetError(f"MNIST files in {raw} are malformed ({type(err).__name__}: {err}); "
                            f"replace them with the originals from {MNIST_URL}") from err
     return _assemble("mnist", list(MNIST_CLASSES), bases, (1, 28, 28), norm,
-                     augment=None, val_fraction=val_fraction, seed=seed, root=root)
+                     augment=None, val_fraction=val_fraction, seed=seed, root=root, indices=indices)
 
 
 def load_cifar10(root: str | os.PathLike[str], download: bool = False, *, val_fraction: float = 0.1,
                  seed: int = 0, augment: bool = True, verify_checksums: bool = True,
                  mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
-                 download_timeout: float = 10.0) -> ClassificationData:
-    """CIFAR-10, (3, 32, 32) inputs; ``augment`` adds crop+flip to the train split only."""
+                 download_timeout: float = 10.0,
+                 indices: Mapping[str, Sequence[int]] | None = None) -> ClassificationData:
+    """CIFAR-10, (3, 32, 32) inputs; ``augment`` adds crop+flip to the train split only.
+
+    ``indices`` as for :func:`load_mnist`.
+    """
     norm = _check_options("cifar10", 3, val_fraction, mean, std)
     folder = Path(root) / CIFAR10_FOLDER
     archive = Path(root) / CIFAR10_ARCHIVE
@@ -98,7 +107,7 @@ def load_cifar10(root: str | os.PathLike[str], download: bool = False, *, val_fr
         _extract_tar(archive, Path(root))
     problem = None
     if download and _missing(folder, CIFAR10_FILES):
-        problem = _try_download(lambda: _download_cifar10(root), CIFAR10_URL, download_timeout)
+        problem = download_cifar10(root, download_timeout)
     missing = _missing(folder, CIFAR10_FILES)
     if missing:
         raise DatasetMissingError(
@@ -118,7 +127,7 @@ def load_cifar10(root: str | os.PathLike[str], download: bool = False, *, val_fr
     bases = tuple(PILImages(d.data, np.asarray(d.targets)) for d in official)
     return _assemble("cifar10", list(official[0].classes), bases, (3, 32, 32), norm,
                      augment=_he_augmentation() if augment else None, val_fraction=val_fraction,
-                     seed=seed, root=root)
+                     seed=seed, root=root, indices=indices)
 
 
 class PILImages(Dataset):
@@ -155,7 +164,8 @@ def _check_options(name: str, channels: int, val_fraction: float, mean: Sequence
 
 def _assemble(name: str, classes: list[str], bases: tuple[Any, Any], input_shape: tuple[int, ...],
               norm: Normalization, *, augment: list[Any] | None, val_fraction: float, seed: int,
-              root: str | os.PathLike[str]) -> ClassificationData:
+              root: str | os.PathLike[str],
+              indices: Mapping[str, Sequence[int]] | None = None) -> ClassificationData:
     """Train/val carve-out of the official train set plus the official test set, as splits."""
     import torchvision.transforms as T
 
@@ -164,11 +174,11 @@ def _assemble(name: str, classes: list[str], bases: tuple[Any, Any], input_shape
     train_tf = T.Compose((augment or []) + to_input)
     train_base, test_base = bases
     train_labels = dataset_labels(train_base)
-    if val_fraction > 0:
-        parts = stratified_split(train_labels, {"train": 1 - val_fraction, "val": val_fraction},
-                                 seed, classes)
+    if indices is not None:
+        parts = check_indices(indices, train_labels.shape[0], f"the official {name} training set",
+                              allowed=("train", "val"))
     else:
-        parts = {"train": np.arange(train_labels.shape[0])}
+        parts = carve_validation(train_labels, val_fraction, seed, classes)
     splits = {"train": TransformedSubset(train_base, parts["train"], train_tf)}
     if "val" in parts:
         splits["val"] = TransformedSubset(train_base, parts["val"], eval_tf)
@@ -177,6 +187,32 @@ def _assemble(name: str, classes: list[str], bases: tuple[Any, Any], input_shape
                               normalization=norm,
                               metadata={"root": os.fspath(root), "seed": seed,
                                         "val_fraction": val_fraction})
+
+
+def carve_validation(train_labels: np.ndarray, val_fraction: float, seed: int,
+                     classes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Rows of an official training set kept for training and, if ``val_fraction > 0``, a seeded
+    stratified ``val_fraction`` of them held out for validation."""
+    if val_fraction > 0:
+        return stratified_split(train_labels, {"train": 1 - val_fraction, "val": val_fraction},
+                                seed, classes)
+    return {"train": np.arange(np.asarray(train_labels).shape[0])}
+
+
+def download_mnist(root: str | os.PathLike[str], timeout: float = 10.0) -> str | None:
+    """Let torchvision download MNIST into ``<root>/MNIST/raw`` (it checks the md5s).
+
+    Returns None on success, else why it failed; gives up within ``timeout`` s when offline.
+    """
+    from torchvision.datasets import MNIST
+
+    return _try_download(lambda: MNIST(os.fspath(root), train=True, download=True), MNIST_URL,
+                         timeout)
+
+
+def download_cifar10(root: str | os.PathLike[str], timeout: float = 10.0) -> str | None:
+    """Download and extract CIFAR-10 into ``root`` (md5-checked); as :func:`download_mnist`."""
+    return _try_download(lambda: _download_cifar10(root), CIFAR10_URL, timeout)
 
 
 def _he_augmentation() -> list[Any]:
@@ -210,13 +246,30 @@ def _download_cifar10(root: str | os.PathLike[str]) -> None:
                                  md5=CIFAR10.tgz_md5)
 
 
-def _verify_cifar_md5(folder: Path) -> None:
+def cifar10_md5_mismatches(folder: str | os.PathLike[str]) -> list[str]:
+    """CIFAR-10 files in ``folder`` that are absent or differ from the md5s torchvision lists."""
     from torchvision.datasets import CIFAR10
     from torchvision.datasets.utils import check_integrity
 
     expected = dict(CIFAR10.train_list + CIFAR10.test_list)
     expected[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
-    bad = [f for f in CIFAR10_FILES if not check_integrity(os.fspath(folder / f), expected[f])]
+    return [f for f in CIFAR10_FILES if not check_integrity(os.path.join(folder, f), expected[f])]
+
+
+def mnist_md5_mismatches(folder: str | os.PathLike[str]) -> list[str]:
+    """MNIST ``.gz`` files in ``folder`` that are absent or differ from torchvision's md5s.
+
+    torchvision lists the md5s of the downloaded ``.gz`` files only, so the decompressed files
+    cannot be checked against the official release.
+    """
+    from torchvision.datasets import MNIST
+    from torchvision.datasets.utils import check_integrity
+
+    return [f for f, md5 in MNIST.resources if not check_integrity(os.path.join(folder, f), md5)]
+
+
+def _verify_cifar_md5(folder: Path) -> None:
+    bad = cifar10_md5_mismatches(folder)
     if bad:
         raise DatasetError(f"CIFAR-10 files {', '.join(bad)} in {folder} do not match the official "
                            f"md5s; re-download {CIFAR10_URL}, or pass verify_checksums=False to "
