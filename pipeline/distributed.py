@@ -49,7 +49,8 @@ def connect(ray_config: RayConfig) -> None:
     if ray_config.address:
         ray.init(address=ray_config.address, log_to_driver=True)
     else:
-        ray.init(include_dashboard=False, log_to_driver=True)
+        # A local cluster serves this machine only: keep all of its traffic on loopback.
+        ray.init(include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1")
 
 
 def _use_gpu(ray_config: RayConfig) -> bool:

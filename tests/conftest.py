@@ -13,6 +13,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Keep every Ray address of the tests on loopback: without this, Ray swaps 127.0.0.1 for the
+# machine's outward address when a driver joins a cluster. (Single-node clusters only.)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The test cluster listens on loopback only, so it runs without Ray's token authentication
+# (a user's cluster keeps it: drivers then need RAY_AUTH_TOKEN, see the README).
+os.environ["RAY_AUTH_MODE"] = "disabled"
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
