@@ -176,6 +176,9 @@ def run_sweep(jobs: list[TrainJob], ray_config: RayConfig, output_dir: Path, exp
     connect(ray_config)
     by_name = {job.name: job.to_dict() for job in jobs}
     ray_settings = {k: getattr(ray_config, k) for k in RayConfig.__dataclass_fields__}
+    # Tune runs each trial in a working directory of its own: a relative path must be made
+    # absolute here, on the driver, or each trial would keep its runs in its own directory.
+    ray_settings["storage_path"] = storage_path(ray_config)
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(_sweep_trial, {"CPU": DRIVER_CPUS}),
         param_space={

@@ -349,7 +349,7 @@ def train_func(config: dict[str, Any]) -> None:
     optimizer = make_optimizer(model.parameters(), optim)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.lr_step_epochs, gamma=optim.lr_gamma)
 
-    start, history, best = 0, [], None
+    start, history, best, resumes = 0, [], None, 0
     resumed = session.resume_state()
     if resumed is not None:
         load_model_state(plain, resumed, "resume checkpoint")
@@ -357,6 +357,9 @@ def train_func(config: dict[str, Any]) -> None:
         head_optimizer.load_state_dict(resumed["head_optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         start, history, best = int(resumed["epoch"]) + 1, list(resumed["history"]), resumed["best"]
+        resumes = int(resumed["resumes"]) + 1  # recorded per epoch: shows which epochs ran after a restart
+        if session.rank == 0:
+            print(f"[{job.name}] resuming after epoch {start} of {optim.head_only_epochs + optim.epochs}", flush=True)
 
     for epoch in range(start, total_epochs):
         head_only = epoch < optim.head_only_epochs
@@ -375,7 +378,7 @@ def train_func(config: dict[str, Any]) -> None:
         if not head_only:
             scheduler.step()
         logits, labels = predict_logits(plain, val_loader, device=session.device)
-        metrics = {"epoch": epoch, **{f"train_{k}": v for k, v in stats.items()},
+        metrics = {"epoch": epoch, "resumes": resumes, **{f"train_{k}": v for k, v in stats.items()},
                    **validation_metrics(logits, labels, cost)}
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(f"{job.name}: non-finite metrics at epoch {epoch}: {metrics}")
@@ -398,6 +401,7 @@ def train_func(config: dict[str, Any]) -> None:
             "epoch": epoch,
             "history": history,
             "best": best,
+            "resumes": resumes,
             "job": job.to_dict(),
         }
         session.report(metrics, state)

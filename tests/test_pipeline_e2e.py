@@ -7,64 +7,18 @@ replication), with the stages' Ray work on the test session's shared cluster.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import run, tiny_repository
 
 pytestmark = pytest.mark.slow
-
-VENV_BIN = Path(sys.executable).parent
-
-
-def _copy_repository(destination: Path) -> None:
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, check=True, capture_output=True, text=True
-    ).stdout.split("\n")
-    for name in filter(None, listed):
-        source = REPO / name
-        if name.startswith("results/") or not source.is_file():
-            continue
-        target = destination / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target)
-
-
-def _tiny(params: dict) -> dict:
-    recipe = params["recipes"]["digits"]
-    recipe["baseline"]["epochs"] = 3
-    for method in ("csada", "ap", "sosr", "penalty"):
-        recipe[method]["epochs"] = 2
-    params["finetune"]["replications"] = 1
-    return params
-
-
-def run(command: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-    return result
-
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, ray_cluster):
     work = tmp_path_factory.mktemp("e2e") / "repo"
-    work.mkdir()
-    _copy_repository(work)
-    params_path = work / "params.yaml"
-    params_path.write_text(yaml.safe_dump(_tiny(yaml.safe_load(params_path.read_text())), sort_keys=False))
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-        "RAY_ADDRESS": ray_cluster,
-        "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-        "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
-    }
+    env = tiny_repository(work, ray_cluster)
     run(["git", "init", "-q", "-b", "main"], work, env)
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-q", "-m", "tiny pipeline"], work, env)
