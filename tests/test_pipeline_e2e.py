@@ -7,6 +7,7 @@ replication), with the stages' Ray work on the test session's shared cluster.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -68,3 +69,14 @@ def test_exp_run_with_a_changed_param_and_metrics_diff(repo):
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], work, env).stdout)
     assert shown  # the experiment is listed for comparison
+
+
+def test_same_params_and_seeds_give_identical_metrics_files(repo):
+    """Retrain everything from scratch (no Ray run storage to reuse) and compare with the commit."""
+    work, env = repo
+    run(["git", "checkout", "-q", "-f", "HEAD"], work, env)  # undo the experiment in the workspace
+    shutil.rmtree(work / "runs")
+    run(["dvc", "repro", "-f"], work, env)
+    for path in ("results/metrics/summary.json", "results/report.md", "results/plots/val_wer.csv"):
+        committed = run(["git", "show", f"HEAD:{path}"], work, env).stdout
+        assert (work / path).read_text() == committed, path
