@@ -129,6 +129,7 @@ class DataConfig:
     download: bool = False
     val_fraction: float = 0.1
     label_column: str = "label"
+    verify_checksums: bool = True  # MNIST/CIFAR-10: check the official md5s
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,7 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
         raise _fail(f"recipes.{dataset}.model", recipe.get("model"), f"known: {', '.join(sorted(MODELS))}")
 
     data = _mapping(params.get("data"), "data")
-    _check_keys(data, {"root", "source", "download", "val_fraction", "label_column"}, "data")
+    _check_keys(data, {"root", "source", "download", "val_fraction", "label_column", "verify_checksums"}, "data")
     val_fraction = data.get("val_fraction", 0.1)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise _fail("data.val_fraction", val_fraction, "must be a number in (0, 1)")
@@ -318,6 +319,7 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
         download=bool(data.get("download", False)),
         val_fraction=float(val_fraction),
         label_column=str(data.get("label_column", "label")),
+        verify_checksums=bool(data.get("verify_checksums", True)),
     )
     if dataset in ("pmi", "table") and not data_config.source:
         raise ConfigError(f"params.yaml: dataset = {dataset!r} needs data.source (a local archive, folder or file)")

@@ -34,7 +34,7 @@ def fetch(config: Config) -> None:
 
     summary = fetch_dataset(
         config.dataset, config.paths.raw, source=config.data.source, download=config.data.download,
-        seed=config.seed, label_column=config.data.label_column,
+        seed=config.seed, label_column=config.data.label_column, verify_checksums=config.data.verify_checksums,
     )
     print(f"fetch: {config.dataset} ready in {config.paths.raw} ({summary.get('num_samples', '?')} samples)")
 

@@ -24,7 +24,7 @@ import pipeline.datasets
 from pipeline.datasets import pmi, tables, vision
 from pipeline.datasets.common import check_indices
 
-from fakes import (CIFAR_NAMES, NDCS, pill_image, png_bytes, write_fake_cifar,
+from tests.fakes import (CIFAR_NAMES, NDCS, pill_image, png_bytes, write_fake_cifar,
                    write_fake_cifar_archive, write_fake_mnist, write_pill_tree)
 
 

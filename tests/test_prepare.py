@@ -20,7 +20,7 @@ from pipeline.prepare import (FETCHED_FILE, MANIFEST_COLUMNS, check_manifest, da
                               fetch_dataset, load_prepared, make_manifest, read_manifest,
                               write_manifest)
 
-from fakes import (CIFAR_NAMES, NDCS, write_fake_cifar, write_fake_cifar_archive,
+from tests.fakes import (CIFAR_NAMES, NDCS, write_fake_cifar, write_fake_cifar_archive,
                    write_fake_mnist, write_pill_tree)
 
 MNIST_RAW = [f"MNIST/raw/{name}" for name in sorted(vision.MNIST_FILES)]
