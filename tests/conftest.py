@@ -117,3 +117,18 @@ def run(command: list[str], cwd: Path, env: dict, timeout: int = 600) -> subproc
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     return result
+
+
+def prepare_toy(root: Path) -> dict[str, str]:
+    """Fetched toy data, its manifest and the green -> blue cost matrix under ``root``: the
+    input paths of a TrainJob."""
+    from pipeline.costs import CostMatrix
+    from pipeline.prepare import fetch_dataset, make_manifest, write_manifest
+
+    raw = root / "raw" / "toy"
+    fetch_dataset("toy", raw, seed=0)
+    manifest = root / "toy.parquet"
+    write_manifest(make_manifest("toy", raw, seed=0), manifest)
+    cost = root / "cost.csv"
+    CostMatrix.single_pair(["red", "green", "blue"], "green", "blue").save(cost)
+    return {"raw_dir": str(raw), "manifest": str(manifest), "cost_csv": str(cost)}

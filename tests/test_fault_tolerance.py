@@ -18,11 +18,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import OptimConfig, RayConfig
-from pipeline.costs import CostMatrix
 from pipeline.distributed import run_name, run_training
-from pipeline.prepare import fetch_dataset, make_manifest, write_manifest
 from pipeline.runner import CHECKPOINT_FILE, CheckpointError, TrainJob, load_checkpoint
-from tests.conftest import VENV_BIN, run, tiny_repository
+from tests.conftest import VENV_BIN, prepare_toy, run, tiny_repository
 
 pytestmark = pytest.mark.slow
 
@@ -61,15 +59,9 @@ def _wait_for(condition, timeout: float, what: str) -> None:
 
 
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, ray_cluster):
-    raw = tmp_path / "raw" / "toy"
-    fetch_dataset("toy", raw, seed=0)
-    manifest = tmp_path / "toy.parquet"
-    write_manifest(make_manifest("toy", raw, seed=0), manifest)
-    cost = tmp_path / "cost.csv"
-    CostMatrix.single_pair(["red", "green", "blue"], "green", "blue").save(cost)
     epochs = 40
     job = TrainJob(
-        name="toy-kill", dataset="toy", raw_dir=str(raw), manifest=str(manifest), cost_csv=str(cost), model="mlp",
+        name="toy-kill", dataset="toy", **prepare_toy(tmp_path), model="mlp",
         model_options={}, pretrained=False, method="ap", method_options={"alpha": 1.0},
         optim=dataclasses.asdict(OptimConfig(epochs=epochs, optimizer="adam", lr=0.01, batch_size=8)),
         seed=3, select_metric="val_wer",

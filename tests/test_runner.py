@@ -10,7 +10,6 @@ import torch
 
 from pipeline.config import OptimConfig
 from pipeline.costs import CostMatrix
-from pipeline.prepare import fetch_dataset, make_manifest, write_manifest
 from pipeline.runner import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -21,18 +20,12 @@ from pipeline.runner import (
     save_checkpoint,
     train_func,
 )
+from tests.conftest import prepare_toy
 
 
 @pytest.fixture(scope="module")
 def toy_inputs(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("toy")
-    raw = root / "raw" / "toy"
-    fetch_dataset("toy", raw, seed=0)
-    manifest = root / "toy.parquet"
-    write_manifest(make_manifest("toy", raw, seed=0), manifest)
-    cost = root / "cost.csv"
-    CostMatrix.single_pair(["red", "green", "blue"], "green", "blue").save(cost)
-    return {"raw_dir": str(raw), "manifest": str(manifest), "cost_csv": str(cost)}
+    return prepare_toy(tmp_path_factory.mktemp("toy"))
 
 
 def job(inputs, method="csada", epochs=3, **changes) -> TrainJob:
