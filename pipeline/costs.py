@@ -25,7 +25,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+
+from pipeline.fileio import atomic_write_text
 
 CSV_CORNER = "true\\predicted"
 _MAPPING_KEYS = ("classes", "costs")
@@ -42,20 +43,6 @@ _PAIR_KEYS = ("true", "predicted", "cost")
 
 class CostMatrixError(ValueError):
     """An invalid cost matrix, cost file or cost specification."""
-
-
-def _atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to ``path`` so that readers never see a half-written file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a cost matrix is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _class_name(name: Any, where: str) -> str:
@@ -289,14 +276,14 @@ class CostMatrix:
         # repr(float) is the shortest text that reads back to the same float.
         for name, row in zip(self._classes, self._values.tolist()):
             writer.writerow([name, *map(repr, row)])
-        _atomic_write_text(path, buffer.getvalue())
+        atomic_write_text(path, buffer.getvalue())
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> CostMatrix:
         return cls.from_dict(_read_yaml(path), where=str(path))
 
     def to_yaml(self, path: str | os.PathLike[str]) -> None:
-        _atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None))
 
     @classmethod
     def from_json(cls, path: str | os.PathLike[str]) -> CostMatrix:
@@ -308,7 +295,7 @@ class CostMatrix:
         return cls.from_dict(data, where=str(path))
 
     def to_json(self, path: str | os.PathLike[str]) -> None:
-        _atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CostMatrix:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import RayConfig
+from pipeline.fileio import atomic_write_text
 from pipeline.runner import CHECKPOINT_FILE, TrainJob, load_checkpoint, save_checkpoint, train_func
 
 # Tune's trial driver only waits on its TorchTrainer; it must not hold a CPU the workers need.
@@ -164,9 +165,7 @@ def write_outcome(outcome: TrainOutcome, destination: Path) -> None:
         destination / "model.pt",
     )
     summary = {"job": outcome.job.to_dict(), "best_epoch": outcome.best_epoch, "history": outcome.history}
-    temporary = destination / ".history.json.tmp"
-    temporary.write_text(json.dumps(summary, indent=1, sort_keys=True))
-    os.replace(temporary, destination / "history.json")
+    atomic_write_text(destination / "history.json", json.dumps(summary, indent=1, sort_keys=True))
 
 
 def run_sweep(jobs: list[TrainJob], ray_config: RayConfig, output_dir: Path, experiment: str) -> None:

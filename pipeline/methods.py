@@ -274,13 +274,9 @@ class CSADA(_Identity):
         return loss, {"ce": ce.detach(), "adv": adv_term.detach(), **stats}
 
 
-def _build_csada(cost: Tensor, **options: Any) -> CSADA:
-    return CSADA(cost=cost, **options)
-
-
 METHODS: dict[str, Callable[..., TrainingMethod]] = {
     "erm": lambda cost=None, **options: ERM(**options),
-    "csada": _build_csada,
+    "csada": lambda cost, **options: CSADA(cost=cost, **options),
     "penalty": lambda cost, **options: Penalty(cost=cost, **options),
     "ap": lambda cost, **options: AdjustedPenalty(cost=cost, **options),
     "sosr": lambda cost, **options: SOSR(cost=cost, **options),

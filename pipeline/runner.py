@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import math
@@ -30,8 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.config import Config, MethodConfig, OptimConfig
+from pipeline.config import Config, OptimConfig
 from pipeline.costs import CostMatrix
+from pipeline.fileio import atomic_write_bytes
 from pipeline.methods import build_method
 from pipeline.models import build_model, classifier_head, freeze_all_but_head, unfreeze_all
 from pipeline.train import predict_logits, train_epoch
@@ -120,23 +122,32 @@ def baseline_job(config: Config) -> TrainJob:
     )
 
 
-def finetune_job(config: Config, method: MethodConfig, replication: int, init_checkpoint: Path) -> TrainJob:
-    # Replications differ in their seed: data order, pair draws and (for SOSR) nothing else.
-    return dataclasses.replace(
+def finetune_jobs(config: Config, init_checkpoint: Path) -> list[TrainJob]:
+    """One job per method and replication. The input files (the baseline checkpoint may be a
+    large ResNet) are hashed once for the whole sweep, not once per job."""
+    base = dataclasses.replace(
         baseline_job(config),
-        name=f"{config.dataset}-{method.name}-r{replication}",
-        method=method.name,
-        method_options=dict(method.options),
-        optim=dataclasses.asdict(method.optim),
         cost_csv=str(config.paths.cost.resolve()),
-        seed=config.seed * 1000 + replication,
         select_metric="val_wer",
         init_checkpoint=str(init_checkpoint.resolve()),
-        replication=replication,
         inputs_digest=digest_files(
             [config.paths.raw / "FETCHED.json", config.paths.manifest, config.paths.cost, init_checkpoint]
         ),
     )
+    # Replications differ in their seed: data order, pair draws and augmentation.
+    return [
+        dataclasses.replace(
+            base,
+            name=f"{config.dataset}-{method.name}-r{replication}",
+            method=method.name,
+            method_options=dict(method.options),
+            optim=dataclasses.asdict(method.optim),
+            seed=config.seed * 1000 + replication,
+            replication=replication,
+        )
+        for method in config.methods
+        for replication in range(config.replications)
+    ]
 
 
 # -- checkpoints ---------------------------------------------------------------------------
@@ -145,14 +156,9 @@ def finetune_job(config: Config, method: MethodConfig, replication: int, init_ch
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:
     """Write atomically: a crash mid-write never leaves a truncated checkpoint behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", delete=False) as handle:
-        temporary = Path(handle.name)
-    try:
-        torch.save(state, temporary)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

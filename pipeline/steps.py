@@ -19,13 +19,6 @@ from pipeline.config import Config, ConfigError, load_config
 from pipeline.costs import CostMatrix, CostMatrixError
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
 # -- fetch, split, costs -------------------------------------------------------------------
 
 
@@ -99,10 +92,10 @@ def baseline(config: Config) -> None:
 
 def finetune(config: Config) -> None:
     from pipeline.distributed import run_sweep
-    from pipeline.runner import finetune_job
+    from pipeline.runner import finetune_jobs
 
     init = config.paths.baseline / "model.pt"
-    jobs = [finetune_job(config, method, r, init) for method in config.methods for r in range(config.replications)]
+    jobs = finetune_jobs(config, init)
     print(f"finetune: {len(jobs)} trials ({', '.join(m.name for m in config.methods)} x "
           f"{config.replications} replications) as one Ray Tune sweep", flush=True)
     staging = config.paths.finetune.with_name(f".{config.paths.finetune.name}.partial")

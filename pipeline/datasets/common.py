@@ -8,7 +8,8 @@ valid range (e.g. pixels in [0, 1]) to the model's input units so an attack can 
 
 from __future__ import annotations
 
-import os
+from pipeline.fileio import atomic_write_bytes  # noqa: F401  (re-exported for the loaders)
+
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -265,19 +266,6 @@ def check_split_fractions_named(fractions: Mapping[str, float] | None) -> dict[s
         raise DatasetError(f"split fractions must include 'train' and use only "
                            f"{', '.join(SPLIT_NAMES)}; got {sorted(out)}")
     return out
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def check_indices(indices: Mapping[str, Sequence[int] | np.ndarray], n: int, what: str,
