@@ -108,6 +108,7 @@ def test_a_stage_killed_outright_resumes_unfinished_trials_and_skips_finished_on
 
     try:
         _wait_for(finished_and_unfinished, 300, "one finished trial and one part-way")
+        time.sleep(1.0)  # let Ray Train's controller register the part-way trial's checkpoint
     except AssertionError:
         log.flush()
         raise AssertionError((tmp_path / "first.log").read_text()[-3000:]) from None
@@ -115,12 +116,11 @@ def test_a_stage_killed_outright_resumes_unfinished_trials_and_skips_finished_on
         first.send_signal(signal.SIGKILL)
         first.wait()
         log.close()
-    finished_before = {p.parent.parent.name for p in storage.glob("digits-*-r0-*/outcome/model.pt")}
-
-    second = run([python, "stages/finetune.py"], work, env)
-    output = second.stdout + second.stderr  # Ray forwards worker output to either stream
-    assert "reusing its outputs" in output
-    assert "resuming after epoch" in output
+    finished_before = {
+        path.parent.parent.name: path.stat().st_mtime_ns for path in storage.glob("digits-*-r0-*/outcome/model.pt")
+    }
+    run([python, "stages/finetune.py"], work, env)
+    # Judged from the files rather than from log lines, which Ray may fold or drop.
     histories = {
         path.parent.name: json.loads(path.read_text())["history"]
         for path in (work / "models/digits/finetune").glob("*/history.json")
@@ -128,7 +128,9 @@ def test_a_stage_killed_outright_resumes_unfinished_trials_and_skips_finished_on
     assert len(histories) == 4
     for history in histories.values():
         assert [row["epoch"] for row in history] == list(range(12))
-    assert any(max(row["resumes"] for row in h) >= 1 for h in histories.values())
-    # trials that had finished before the kill kept their results: nothing was retrained
-    for name in finished_before:
-        assert (storage / name / "outcome" / "model.pt").is_file()
+    assert any(max(row["resumes"] for row in h) >= 1 for h in histories.values())  # one resumed part-way
+    # trials that had finished before the kill were reused, not trained again
+    for name, mtime in finished_before.items():
+        assert (storage / name / "outcome" / "model.pt").stat().st_mtime_ns == mtime
+        job_name = name.rsplit("-", 1)[0]
+        assert all(row["resumes"] == 0 for row in histories[job_name])
