@@ -16,8 +16,15 @@ attack of K steps costs at most K + 1 forward and K backward passes.
 
 The model is run in eval mode (BatchNorm uses its running statistics, dropout is
 off) with ``requires_grad`` switched off on its parameters, so the backward pass
-only computes input gradients. Train/eval flags, ``requires_grad`` flags and buffers
-are exactly as they were afterwards, even when the model raises.
+only computes input gradients. Train/eval flags, ``requires_grad`` flags, buffers and
+submodules are exactly as they were afterwards, even when the model raises.
+
+Cost of a step. In eval mode every BatchNorm is a fixed affine map, so by default it is
+folded into the convolution or linear layer before it for the duration of the attack
+(``pipeline.fusion``; same function, no BatchNorm passes). The backward pass starts from
+the closed-form gradient of log p_z with respect to the logits, onehot(z) - softmax.
+Bookkeeping (outcomes, accepted iterates, the active set) is only touched at steps where
+some sample stops. ``bench/attack.py`` measures the result.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pipeline.fusion import folded_batchnorm
 
 
 class AttackOutcome(enum.IntEnum):
@@ -132,6 +140,11 @@ def frozen_for_attack(model: nn.Module) -> Iterator[nn.Module]:
             param.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def _no_folding(model: nn.Module) -> Iterator[int]:
+    yield 0
+
+
 def _check_arguments(
     x: Tensor, y: Tensor, target: Tensor, eps: float, steps: int, step_size: float, norm: str, step_rule: str
 ) -> None:
@@ -174,11 +187,14 @@ def targeted_attack(
     clamp: tuple[float | Tensor, float | Tensor] | None = None,
     step_rule: str = "gradient",
     record_trajectory: bool = False,
+    fold_batchnorm: bool = True,
 ) -> AttackResult:
     """Algorithm 1 on a batch: move each correctly classified x_i towards class target_i.
 
     ``clamp`` = (low, high) keeps x + delta inside the valid input range (scalars or
     tensors broadcastable to one sample). The result's ``x_adv`` is detached.
+    ``fold_batchnorm`` runs the frozen model with its eval-mode BatchNorms folded into the
+    layers before them (``pipeline.fusion``): the same function, fewer passes per step.
     """
     y = y.to(device=x.device, dtype=torch.long)
     if isinstance(target, int):
@@ -195,53 +211,67 @@ def targeted_attack(
 
     accepted = torch.zeros_like(x)  # last accepted iterate: what the attack returns
     outcome = torch.full((n,), int(AttackOutcome.EXHAUSTED), dtype=torch.long, device=x.device)
-    steps_taken = torch.zeros(n, dtype=torch.long, device=x.device)
+    # A sample that never stops took all K steps; a stop overwrites both fields for that sample.
+    steps_taken = torch.full((n,), steps, dtype=torch.long, device=x.device)
     trajectory = [accepted.clone()] if record_trajectory else None
 
-    active = torch.arange(n, device=x.device)  # samples still moving
-    candidate = torch.zeros_like(x)  # iterate under test for the active samples
+    # The samples still moving, their inputs, classes and targets, the iterate under test and
+    # their last accepted iterate. Bookkeeping is touched only at steps where a sample stops.
+    active = torch.arange(n, device=x.device)
+    x_active, y_active, z_active = x, y, target
+    candidate = torch.zeros_like(x)
+    previous = candidate
     n_forward = n_backward = 0
+    ones = x.new_ones(n, 1)  # the one-hot part of the log p_z gradient
 
-    with frozen_for_attack(model), torch.enable_grad():
+    fold = folded_batchnorm if fold_batchnorm else _no_folding
+    with frozen_for_attack(model), fold(model), torch.enable_grad():
         for k in range(steps + 1):
-            x_in = (x[active] + candidate).requires_grad_(k < steps)
+            x_in = (x_active + candidate).requires_grad_(k < steps)
             logits = model(x_in)
             n_forward += 1
+            # A prediction other than y stops the sample: at k = 0 it was misclassified (line 3),
+            # later it either reached z (line 11) or left {y, z} and is rejected (line 9).
             pred = logits.argmax(dim=1)
-            y_a, z_a = y[active], target[active]
-
-            if k == 0:
-                # Line 3: a sample the model already gets wrong is returned unmoved.
-                stop = pred != y_a
-                outcome[active[stop]] = int(AttackOutcome.SKIPPED)
-            else:
-                left_pair = (pred != y_a) & (pred != z_a)
-                reached = pred == z_a
-                keep = ~left_pair  # accepted: still y, or z reached
-                accepted[active[keep]] = candidate[keep].detach()
-                steps_taken[active[keep]] += 1
-                outcome[active[left_pair]] = int(AttackOutcome.REJECTED)
-                outcome[active[reached]] = int(AttackOutcome.SUCCEEDED)
-                stop = left_pair | reached
+            stop = pred != y_active
+            n_stopped = int(stop.sum())
+            if n_stopped:
+                stopped = active[stop]
+                if k == 0:
+                    outcome[stopped] = int(AttackOutcome.SKIPPED)
+                    steps_taken[stopped] = 0
+                else:
+                    reached = pred[stop] == z_active[stop]
+                    outcome[stopped] = torch.where(
+                        reached, int(AttackOutcome.SUCCEEDED), int(AttackOutcome.REJECTED)
+                    )
+                    steps_taken[stopped] = k - (~reached).long()
+                    shape = (-1, *([1] * (x.dim() - 1)))
+                    accepted[stopped] = torch.where(reached.view(shape), candidate[stop], previous[stop]).detach()
+            moving = ~stop
+            if k > 0 and (trajectory is not None or k == steps):
+                accepted[active[moving]] = candidate[moving].detach()
             if trajectory is not None and k > 0:
                 trajectory.append(accepted.clone())
-
-            moving = ~stop
-            if k == steps or not bool(moving.any()):
+            if k == steps or n_stopped == len(active):
                 break
-            # Line 7: ascend log p_z. Rows are independent in eval mode, so the gradient of
-            # the sum gives every sample its own gradient; stopped rows are dropped after.
-            log_pz = F.log_softmax(logits, dim=1).gather(1, z_a.unsqueeze(1)).sum()
-            (grad,) = torch.autograd.grad(log_pz, x_in)
+            # Line 7: ascend log p_z. Its gradient with respect to the logits is
+            # onehot(z) - softmax(logits), so the backward pass starts there. Rows are
+            # independent in eval mode: each sample gets its own gradient; stopped rows are
+            # dropped after.
+            probabilities = torch.softmax(logits.detach(), dim=1)
+            logit_grad = probabilities.neg_().scatter_add_(1, z_active[:, None], ones[: len(z_active)])
+            (grad,) = torch.autograd.grad(logits, x_in, logit_grad)
             n_backward += 1
-            grad = grad[moving]
-            active = active[moving]
+            previous = candidate.detach()
+            if n_stopped:
+                active, x_active, y_active, z_active = (t[moving] for t in (active, x_active, y_active, z_active))
+                grad, previous = grad[moving], previous[moving]
             step = grad if step_rule == "gradient" else ball.steepest(grad)
             # Line 8: project onto the eps-ball around x.
-            candidate = ball.project(candidate[moving].detach() + step_size * step, eps)
+            candidate = ball.project(torch.add(previous, step, alpha=step_size), eps)
             if clamp is not None:
-                x_a = x[active]
-                candidate = torch.clamp(x_a + candidate, low, high) - x_a
+                candidate = torch.clamp(x_active + candidate, low, high) - x_active
 
     if trajectory is not None:
         while len(trajectory) < steps + 1:  # every sample stopped early: pad with the final iterate
