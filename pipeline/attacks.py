@@ -222,7 +222,6 @@ def targeted_attack(
     candidate = torch.zeros_like(x)
     previous = candidate
     n_forward = n_backward = 0
-    ones = x.new_ones(n, 1)  # the one-hot part of the log p_z gradient
 
     fold = folded_batchnorm if fold_batchnorm else _no_folding
     with frozen_for_attack(model), fold(model), torch.enable_grad():
@@ -260,7 +259,10 @@ def targeted_attack(
             # independent in eval mode: each sample gets its own gradient; stopped rows are
             # dropped after.
             probabilities = torch.softmax(logits.detach(), dim=1)
-            logit_grad = probabilities.neg_().scatter_add_(1, z_active[:, None], ones[: len(z_active)])
+            target_column = z_active[:, None]
+            logit_grad = probabilities.neg_().scatter_add_(
+                1, target_column, torch.ones_like(target_column, dtype=probabilities.dtype)
+            )
             (grad,) = torch.autograd.grad(logits, x_in, logit_grad)
             n_backward += 1
             previous = candidate.detach()
