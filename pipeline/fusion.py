@@ -123,7 +123,9 @@ class FoldedLayer(nn.Module):
 
 
 def _stock(module: nn.Module, types: tuple[type[nn.Module], ...]) -> bool:
-    """An instance of one of ``types`` that uses that type's own ``forward``."""
+    """An instance of one of ``types`` that uses that type's own ``forward`` (not a patched one)."""
+    if "forward" in vars(module):
+        return False
     return any(isinstance(module, kind) and type(module).forward is kind.forward for kind in types)
 
 
@@ -148,12 +150,13 @@ def _foldable(layer: nn.Module | None, norm: nn.Module | None, occurrences: Coun
 
 def _candidate_pairs(module: nn.Module) -> Iterator[tuple[str, str]]:
     """(layer key, norm key) pairs of ``module``'s children whose data flow is known."""
-    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+    if "forward" in vars(module):  # forward replaced on the instance: data flow unknown
+        return
+    if _stock(module, (nn.Sequential,)):
         keys = list(module._modules)
         yield from zip(keys, keys[1:])
-    layout = _KNOWN_LAYOUTS.get(type(module))
-    if layout is not None:
-        yield from layout
+    # Exact types only: a subclass may route its data differently.
+    yield from _KNOWN_LAYOUTS.get(type(module), ())
 
 
 def foldable_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:

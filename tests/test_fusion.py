@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models.resnet import BasicBlock
 
 from pipeline.attacks import targeted_attack
 from pipeline.fusion import _StemConv2d, foldable_pairs, folded_batchnorm
@@ -80,14 +81,22 @@ def test_batchnorms_whose_data_flow_or_statistics_are_uncertain_are_left_alone()
         def forward(self, x):  # uses the conv's output twice: folding would be wrong
             return self[1](self[0](x)) + self[0](x)
 
+    class Block(BasicBlock):
+        def forward(self, x):  # a subclass may route the data differently
+            return self.bn1(self.conv1(x)) + self.conv1(x)
+
     hooked = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
     hooked[0].register_forward_hook(lambda module, inputs, output: None)
     shared_conv = nn.Conv2d(1, 4, 3)
+    patched = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4))
+    patched.forward = lambda x: patched[1](patched[0](x)) + patched[0](x)
     cases = {
         "training-mode BatchNorm": nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4).train()),
         "batch statistics in eval": nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)),
         "overridden Sequential.forward": Custom(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)),
         "hooked layer": hooked,
+        "subclass of a known torchvision block": Block(4, 4),
+        "forward replaced on the instance": patched,
         "layer used twice": nn.Sequential(nn.Sequential(shared_conv, nn.BatchNorm2d(4)), shared_conv),
         "BatchNorm not right after the layer": nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.BatchNorm2d(4)),
     }
