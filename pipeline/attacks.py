@@ -140,11 +140,6 @@ def frozen_for_attack(model: nn.Module) -> Iterator[nn.Module]:
             param.requires_grad_(flag)
 
 
-@contextlib.contextmanager
-def _no_folding(model: nn.Module) -> Iterator[int]:
-    yield 0
-
-
 def _check_arguments(
     x: Tensor, y: Tensor, target: Tensor, eps: float, steps: int, step_size: float, norm: str, step_rule: str
 ) -> None:
@@ -223,8 +218,9 @@ def targeted_attack(
     previous = candidate
     n_forward = n_backward = 0
 
-    fold = folded_batchnorm if fold_batchnorm else _no_folding
-    with frozen_for_attack(model), fold(model), torch.enable_grad():
+    row_shape = (-1, *([1] * (x.dim() - 1)))  # a per-sample flag broadcast over one sample
+    folding = folded_batchnorm(model) if fold_batchnorm else contextlib.nullcontext()
+    with frozen_for_attack(model), folding, torch.enable_grad():
         for k in range(steps + 1):
             x_in = (x_active + candidate).requires_grad_(k < steps)
             logits = model(x_in)
@@ -245,8 +241,7 @@ def targeted_attack(
                         reached, int(AttackOutcome.SUCCEEDED), int(AttackOutcome.REJECTED)
                     )
                     steps_taken[stopped] = k - (~reached).long()
-                    shape = (-1, *([1] * (x.dim() - 1)))
-                    accepted[stopped] = torch.where(reached.view(shape), candidate[stop], previous[stop]).detach()
+                    accepted[stopped] = torch.where(reached.view(row_shape), candidate[stop], previous[stop]).detach()
             moving = ~stop
             if k > 0 and (trajectory is not None or k == steps):
                 accepted[active[moving]] = candidate[moving].detach()
