@@ -114,15 +114,6 @@ class AttackResult:
         return {o.name.lower(): int(tally[o.value]) for o in AttackOutcome}
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module inside a DistributedDataParallel (or DataParallel) wrapper.
-
-    The attack must not go through DDP's forward: that would prepare gradient
-    synchronisation for a backward pass that never reaches the parameters.
-    """
-    return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
 @contextlib.contextmanager
 def frozen_for_attack(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode and no parameter gradients inside; every flag restored on exit."""
@@ -169,6 +160,66 @@ def _check_arguments(
         )
 
 
+def _clamp_bounds(clamp: tuple[float | Tensor, float | Tensor] | None, like: Tensor) -> tuple[Tensor, Tensor] | None:
+    if clamp is None:
+        return None
+    low, high = (torch.as_tensor(bound, dtype=like.dtype, device=like.device) for bound in clamp)
+    if bool((low >= high).any()):
+        raise ValueError(f"clamp must be (low, high) with low < high, got {clamp!r}")
+    return low, high
+
+
+@dataclass
+class _Record:
+    """What the attack returns, per sample; written only at the steps where some sample stops."""
+
+    accepted: Tensor  # last accepted iterate
+    outcome: Tensor
+    steps_taken: Tensor
+    trajectory: list[Tensor] | None
+
+    @classmethod
+    def start(cls, x: Tensor, steps: int, record_trajectory: bool) -> _Record:
+        accepted = torch.zeros_like(x)
+        n = x.shape[0]
+        # A sample that never stops took all K steps; a stop overwrites both fields for that sample.
+        return cls(accepted, torch.full((n,), int(AttackOutcome.EXHAUSTED), dtype=torch.long, device=x.device),
+                   torch.full((n,), steps, dtype=torch.long, device=x.device),
+                   [accepted.clone()] if record_trajectory else None)
+
+    def stops(self, k: int, rows: Tensor, reached: Tensor, candidate: Tensor, previous: Tensor) -> None:
+        """Samples ``rows`` stopped at step ``k``: at k = 0 they were misclassified (line 3), later
+        they either reached z (line 11, keep the candidate) or left {y, z} (line 9, rejected: keep
+        the previous iterate)."""
+        if k == 0:
+            self.outcome[rows] = int(AttackOutcome.SKIPPED)
+            self.steps_taken[rows] = 0
+            return
+        self.outcome[rows] = torch.where(reached, int(AttackOutcome.SUCCEEDED), int(AttackOutcome.REJECTED))
+        self.steps_taken[rows] = k - (~reached).long()
+        row_shape = (-1, *([1] * (candidate.dim() - 1)))  # a per-sample flag broadcast over one sample
+        self.accepted[rows] = torch.where(reached.view(row_shape), candidate, previous).detach()
+
+    def moving(self, k: int, last: bool, active: Tensor, candidate: Tensor, moving: Tensor) -> None:
+        """The samples still moving after step ``k`` (``active[moving]``): their candidate stands.
+        Written only when a trajectory is kept or at the last step."""
+        if k > 0 and (self.trajectory is not None or last):
+            self.accepted[active[moving]] = candidate[moving].detach()
+        if self.trajectory is not None and k > 0:
+            self.trajectory.append(self.accepted.clone())
+
+
+def _target_gradient(logits: Tensor, x_in: Tensor, target: Tensor) -> Tensor:
+    """Line 7's ascent direction: the input gradient of log p_z. Its gradient with respect to the
+    logits is onehot(z) - softmax(logits), so the backward pass starts there. Rows are independent
+    in eval mode: each sample gets its own gradient."""
+    probabilities = torch.softmax(logits.detach(), dim=1)
+    column = target[:, None]
+    logit_grad = probabilities.neg_().scatter_add_(1, column, torch.ones_like(column, dtype=probabilities.dtype))
+    (grad,) = torch.autograd.grad(logits, x_in, logit_grad)
+    return grad
+
+
 def targeted_attack(
     model: nn.Module,
     x: Tensor,
@@ -198,86 +249,52 @@ def targeted_attack(
     _check_arguments(x, y, target, eps, steps, step_size, norm, step_rule)
     ball = NORMS[norm]
     x = x.detach()
-    if clamp is not None:
-        low, high = (torch.as_tensor(bound, dtype=x.dtype, device=x.device) for bound in clamp)
-        if bool((low >= high).any()):
-            raise ValueError(f"clamp must be (low, high) with low < high, got {clamp!r}")
-    n = x.shape[0]
-
-    accepted = torch.zeros_like(x)  # last accepted iterate: what the attack returns
-    outcome = torch.full((n,), int(AttackOutcome.EXHAUSTED), dtype=torch.long, device=x.device)
-    # A sample that never stops took all K steps; a stop overwrites both fields for that sample.
-    steps_taken = torch.full((n,), steps, dtype=torch.long, device=x.device)
-    trajectory = [accepted.clone()] if record_trajectory else None
+    bounds = _clamp_bounds(clamp, x)
+    record = _Record.start(x, steps, record_trajectory)
 
     # The samples still moving, their inputs, classes and targets, the iterate under test and
-    # their last accepted iterate. Bookkeeping is touched only at steps where a sample stops.
-    active = torch.arange(n, device=x.device)
+    # their last accepted iterate.
+    active = torch.arange(x.shape[0], device=x.device)
     x_active, y_active, z_active = x, y, target
-    candidate = torch.zeros_like(x)
-    previous = candidate
+    candidate = previous = torch.zeros_like(x)
     n_forward = n_backward = 0
-
-    row_shape = (-1, *([1] * (x.dim() - 1)))  # a per-sample flag broadcast over one sample
     folding = folded_batchnorm(model) if fold_batchnorm else contextlib.nullcontext()
     with frozen_for_attack(model), folding, torch.enable_grad():
         for k in range(steps + 1):
             x_in = (x_active + candidate).requires_grad_(k < steps)
             logits = model(x_in)
             n_forward += 1
-            # A prediction other than y stops the sample: at k = 0 it was misclassified (line 3),
-            # later it either reached z (line 11) or left {y, z} and is rejected (line 9).
+            # A prediction other than y stops the sample (see _Record.stops).
             pred = logits.argmax(dim=1)
             stop = pred != y_active
             n_stopped = int(stop.sum())
             if n_stopped:
-                stopped = active[stop]
-                if k == 0:
-                    outcome[stopped] = int(AttackOutcome.SKIPPED)
-                    steps_taken[stopped] = 0
-                else:
-                    reached = pred[stop] == z_active[stop]
-                    outcome[stopped] = torch.where(
-                        reached, int(AttackOutcome.SUCCEEDED), int(AttackOutcome.REJECTED)
-                    )
-                    steps_taken[stopped] = k - (~reached).long()
-                    accepted[stopped] = torch.where(reached.view(row_shape), candidate[stop], previous[stop]).detach()
+                record.stops(k, active[stop], pred[stop] == z_active[stop], candidate[stop], previous[stop])
             moving = ~stop
-            if k > 0 and (trajectory is not None or k == steps):
-                accepted[active[moving]] = candidate[moving].detach()
-            if trajectory is not None and k > 0:
-                trajectory.append(accepted.clone())
+            record.moving(k, k == steps, active, candidate, moving)
             if k == steps or n_stopped == len(active):
                 break
-            # Line 7: ascend log p_z. Its gradient with respect to the logits is
-            # onehot(z) - softmax(logits), so the backward pass starts there. Rows are
-            # independent in eval mode: each sample gets its own gradient; stopped rows are
-            # dropped after.
-            probabilities = torch.softmax(logits.detach(), dim=1)
-            target_column = z_active[:, None]
-            logit_grad = probabilities.neg_().scatter_add_(
-                1, target_column, torch.ones_like(target_column, dtype=probabilities.dtype)
-            )
-            (grad,) = torch.autograd.grad(logits, x_in, logit_grad)
+            grad = _target_gradient(logits, x_in, z_active)
             n_backward += 1
             previous = candidate.detach()
-            if n_stopped:
+            if n_stopped:  # stopped rows are dropped after the backward pass
                 active, x_active, y_active, z_active = (t[moving] for t in (active, x_active, y_active, z_active))
                 grad, previous = grad[moving], previous[moving]
             step = grad if step_rule == "gradient" else ball.steepest(grad)
             # Line 8: project onto the eps-ball around x.
             candidate = ball.project(torch.add(previous, step, alpha=step_size), eps)
-            if clamp is not None:
-                candidate = torch.clamp(x_active + candidate, low, high) - x_active
+            if bounds is not None:
+                candidate = torch.clamp(x_active + candidate, *bounds) - x_active
 
+    trajectory = record.trajectory
     if trajectory is not None:
         while len(trajectory) < steps + 1:  # every sample stopped early: pad with the final iterate
-            trajectory.append(accepted.clone())
+            trajectory.append(record.accepted.clone())
     return AttackResult(
-        x_adv=(x + accepted).detach(),
-        delta=accepted,
-        outcome=outcome,
-        steps_taken=steps_taken,
+        x_adv=(x + record.accepted).detach(),
+        delta=record.accepted,
+        outcome=record.outcome,
+        steps_taken=record.steps_taken,
         n_forward=n_forward,
         n_backward=n_backward,
         trajectory=torch.stack(trajectory) if trajectory is not None else None,

@@ -1,17 +1,20 @@
-"""``params.yaml`` as one frozen, validated configuration object.
+"""``params.yaml`` and the data set's recipe as one frozen, validated configuration object.
 
-Layout of params.yaml:
+Two files make up the parameters:
 
-* ``dataset`` picks a recipe from ``recipes.<dataset>``: the model and the section 5
-  optimisation and method settings for that data set.
-* ``baseline`` and ``finetune.<method>`` hold overrides of the recipe: a ``null`` value means
-  "the recipe's value". So ``dvc exp run -S dataset=mnist -S finetune.csada.adv_weight=5``
-  switches data set and recipe, and changes one CSADA hyperparameter on top.
-* ``finetune.methods`` and ``finetune.replications`` define the Ray Tune sweep.
+* ``params.yaml``: what a user switches: ``dataset``, ``seed``, ``data``, ``costs``, the fine-tuning
+  sweep (``finetune.methods``, ``finetune.replications``), ``ray`` and ``evaluate``, plus
+  overrides of the recipe: ``baseline.<key>`` and ``finetune.<method>.<key>``, where ``null``
+  means "the recipe's value". ``dvc exp run -S finetune.csada.adv_weight=5`` changes one CSADA
+  hyperparameter on top of the recipe of whichever data set is chosen.
+* ``recipes/<dataset>.yaml``: that data set's model and section 5's optimisation and method
+  settings: ``model``, ``model_options``, ``pretrained``, ``costs`` (the default cost matrix, in
+  the shape of params.yaml's ``costs``), ``baseline`` and one section per method.
 
-Everything is checked here, when params.yaml is read: an unknown key, a wrong type or an
-out-of-range value fails with its dotted key, the value and what is valid, before any data
-is touched.
+Valid names come from the registries they name (datasets, models, methods, optimisers, norms, cost
+kinds), so a new entry in a registry is valid here at once. Everything is checked when the files
+are read: an unknown key, a wrong type or an out-of-range value fails with its dotted key, the
+value and what is valid, before any data is touched.
 """
 
 from __future__ import annotations
@@ -25,46 +28,51 @@ from typing import Any
 
 import yaml
 
-DATASETS = ("toy", "digits", "mnist", "cifar10", "pmi", "table")
-METHODS = ("csada", "ap", "sosr", "penalty")
-COST_KINDS = ("pareto", "expert", "single_pair", "file")
-OPTIMIZERS = ("sgd", "adam")
+from pipeline.attacks import NORMS, STEP_RULES
+from pipeline.costs import COST_KINDS
+from pipeline.datasets import DATASETS
+from pipeline.errors import UserError
+from pipeline.methods import FINETUNE_METHODS, METHODS, NORMALIZATIONS, PAIR_MODES
+from pipeline.models import MODELS
+from pipeline.optim import OPTIMIZERS, OptimConfig
 
+RECIPE_DIR = "recipes"
 # Keys of a training section that configure the optimisation; the others are the method's own.
-OPTIM_KEYS = {
-    "epochs", "optimizer", "lr", "momentum", "weight_decay", "lr_step_epochs", "lr_gamma",
-    "batch_size", "head_only_epochs", "head_only_lr", "augment",
-}
-METHOD_OPTION_KEYS = {
-    "csada": {"adv_weight", "temperature", "eps", "steps", "step_size", "norm", "step_rule", "normalization", "pairs"},
-    "ap": {"alpha"},
-    "sosr": set(),
-    "penalty": set(),
-}
+OPTIM_KEYS = frozenset(OptimConfig.__dataclass_fields__)
 POSITIVE = {"eps", "steps", "step_size", "temperature", "lr", "batch_size", "lr_step_epochs", "head_only_lr"}
 NON_NEGATIVE = {"adv_weight", "alpha", "weight_decay", "momentum", "head_only_epochs", "lr_gamma"}
 INTEGERS = {"epochs", "steps", "batch_size", "lr_step_epochs", "head_only_epochs"}
-CHOICES = {
-    "optimizer": OPTIMIZERS,
-    "norm": ("linf", "l2"),
-    "step_rule": ("gradient", "steepest"),
-    "normalization": ("unbiased", "attacked_mean"),
-    "pairs": ("stochastic", "full"),
+CHOICES: dict[str, tuple[str, ...]] = {
+    "optimizer": tuple(OPTIMIZERS),
+    "norm": tuple(NORMS),
+    "step_rule": tuple(STEP_RULES),
+    "normalization": NORMALIZATIONS,
+    "pairs": PAIR_MODES,
 }
+RECIPE_KEYS = ("model", "model_options", "pretrained", "costs", "baseline", *FINETUNE_METHODS)
+# Settings that decide where and how a run executes, never what it computes: they are not DVC
+# params of any stage, so changing them re-runs nothing.
+EXECUTION_ONLY = frozenset({"ray.address", "ray.cpus_per_worker", "ray.max_concurrent_trials",
+                            "ray.storage_path"})
 
 
-class ConfigError(ValueError):
-    """An invalid params.yaml value; the message names the dotted key."""
+class ConfigError(UserError):
+    """An invalid params.yaml or recipe value; the message names the dotted key."""
+
+
+def _file(key: str) -> str:
+    """The file a dotted key lives in, for messages: a recipe key names its recipe file."""
+    return "" if key.startswith(f"{RECIPE_DIR}/") else "params.yaml: "
 
 
 def _fail(key: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"params.yaml: {key} = {value!r} is invalid; {valid}")
+    return ConfigError(f"{_file(key)}{key} = {value!r} is invalid; {valid}")
 
 
-def _check_keys(section: Mapping[str, Any], allowed: set[str] | tuple[str, ...], where: str) -> None:
+def _check_keys(section: Mapping[str, Any], allowed: Any, where: str) -> None:
     unknown = sorted(set(section) - set(allowed))
     if unknown:
-        raise ConfigError(f"params.yaml: unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"{_file(where)}unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(allowed))}")
 
 
 def _mapping(value: Any, key: str) -> Mapping[str, Any]:
@@ -75,6 +83,18 @@ def _mapping(value: Any, key: str) -> Mapping[str, Any]:
     return value
 
 
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):  # never bool() of a string: "false" would be true
+        raise _fail(key, value, "expected true or false")
+    return value
+
+
+def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(key, value, f"expected an integer >= {minimum}")
+    return value
+
+
 def _check_value(key: str, name: str, value: Any) -> Any:
     """Type and range of one training setting (``key`` is the dotted path for messages)."""
     if name in CHOICES:
@@ -82,9 +102,7 @@ def _check_value(key: str, name: str, value: Any) -> Any:
             raise _fail(key, value, f"valid: {', '.join(CHOICES[name])}")
         return value
     if name == "augment":
-        if not isinstance(value, bool):
-            raise _fail(key, value, "expected true or false")
-        return value
+        return _bool(value, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _fail(key, value, "expected a finite number")
     if name in INTEGERS and not float(value).is_integer():
@@ -96,23 +114,6 @@ def _check_value(key: str, name: str, value: Any) -> Any:
     if name in NON_NEGATIVE and value < 0:
         raise _fail(key, value, "must be >= 0")
     return int(value) if name in INTEGERS else float(value)
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    """One training run's optimisation: section 5's epochs, optimiser and step schedule."""
-
-    epochs: int
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_step_epochs: int = 1_000_000  # decay lr by lr_gamma every this many epochs
-    lr_gamma: float = 1.0
-    batch_size: int = 64
-    head_only_epochs: int = 0  # section 5.3.3: first train only the new head ...
-    head_only_lr: float = 1e-4  # ... at this learning rate
-    augment: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,11 @@ class CostConfig:
     predicted_class: str | None = None
     pair_cost: float = 1.0
     file: str | None = None
+
+
+# A trial that drives a multi-worker TorchTrainer only waits on it: it holds a sliver of a CPU,
+# which a local cluster must have besides the workers' CPUs.
+TRIAL_DRIVER_CPUS = 0.01
 
 
 @dataclass(frozen=True)
@@ -184,47 +190,69 @@ class Config:
     top_k: int
     paths: Paths
 
-    def method(self, name: str) -> MethodConfig:
-        for method in self.methods:
-            if method.name == name:
-                return method
-        raise ConfigError(f"method {name!r} is not in finetune.methods ({', '.join(m.name for m in self.methods)})")
+
+# Where each Config field comes from: params.yaml keys, and ``recipe:<key>`` for the data set's
+# recipe file. ``config.<field>.<sub>`` reads ``<key>.<sub>`` for a field of one key that is a
+# section (data, ray). The stage-dependency test compares what each stage script reads with the
+# params dvc.yaml declares for it.
+PARAM_SOURCES: dict[str, tuple[str, ...]] = {
+    "dataset": ("dataset",),
+    "seed": ("seed",),
+    "data": ("data",),
+    "costs": ("costs", "recipe:costs"),
+    "model": ("recipe:model",),
+    "model_options": ("recipe:model_options",),
+    "pretrained": ("recipe:pretrained",),
+    "baseline": ("baseline", "recipe:baseline"),
+    "methods": ("finetune.methods", *(f"finetune.{m}" for m in FINETUNE_METHODS),
+                *(f"recipe:{m}" for m in FINETUNE_METHODS)),
+    "replications": ("finetune.replications",),
+    "ray": ("ray",),
+    "top_k": ("evaluate.top_k",),
+    "paths.raw": ("dataset", "data.root"),
+    **{f"paths.{name}": ("dataset",) for name in ("manifest", "cost", "baseline", "finetune")},
+    "paths.evaluation": (),
+    "paths.report": (),
+}
 
 
-def _resolve_training(recipe: Mapping[str, Any], overrides: Mapping[str, Any], where: str, allowed: set[str]):
+def _resolve_training(recipe: Mapping[str, Any], overrides: Mapping[str, Any], where: str,
+                      allowed: set[str], dataset: str) -> tuple[OptimConfig, dict[str, Any]]:
     """Recipe values, replaced by every non-null override; returns (optim, options)."""
-    _check_keys(recipe, allowed, f"recipes.<dataset>.{where}")
+    _check_keys(recipe, allowed, f"{RECIPE_DIR}/{dataset}.yaml:{where.split('.')[-1]}")
     _check_keys(overrides, allowed, where)
     merged = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
     checked = {name: _check_value(f"{where}.{name}", name, value) for name, value in merged.items()}
     if "epochs" not in checked:
         raise ConfigError(f"params.yaml: {where}.epochs is not set by the recipe or an override")
     optim = OptimConfig(**{k: v for k, v in checked.items() if k in OPTIM_KEYS})
-    options = {k: v for k, v in checked.items() if k not in OPTIM_KEYS}
-    return optim, options
+    return optim, {k: v for k, v in checked.items() if k not in OPTIM_KEYS}
 
 
-def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(key, value, f"expected an integer >= {minimum}")
-    return value
+def _merged(recipe: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """``recipe`` with every non-null value of ``params`` on top, section by section."""
+    out = dict(recipe)
+    for key, value in params.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merged(out[key], value)
+        elif value is not None:
+            out[key] = value
+    return out
 
 
-def _cost_config(section: Mapping[str, Any], default_kind: str, recipe_pair: Any) -> CostConfig:
-    _check_keys(section, {"kind", "pareto", "expert_file", "single_pair", "file"}, "costs")
-    kind = section.get("kind", "default")
-    kind = default_kind if kind == "default" else kind
+def _cost_config(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str) -> CostConfig:
+    allowed = {"kind", "pareto", "expert_file", "single_pair", "file"}
+    _check_keys(recipe, allowed, f"{RECIPE_DIR}/{dataset}.yaml:costs")
+    _check_keys(section, allowed, "costs")
+    # kind "default" (or null) and null settings keep the recipe's (the toy's green -> blue pair).
+    section = _merged(recipe, {**section, "kind": None if section.get("kind") == "default" else section.get("kind")})
+    kind = section.get("kind", "pareto")
     if kind not in COST_KINDS:
         raise _fail("costs.kind", kind, f"valid: default, {', '.join(COST_KINDS)}")
     pareto = _mapping(section.get("pareto"), "costs.pareto")
     _check_keys(pareto, {"shape", "scale", "seed"}, "costs.pareto")
     pair = dict(_mapping(section.get("single_pair"), "costs.single_pair"))
     _check_keys(pair, {"true_class", "predicted_class", "cost"}, "costs.single_pair")
-    if recipe_pair is not None and pair.get("true_class") is None and pair.get("predicted_class") is None:
-        # The recipe's critical pair (the toy problem's green -> blue) unless params name one.
-        if not (isinstance(recipe_pair, list) and len(recipe_pair) == 2):
-            raise _fail("recipes.<dataset>.critical_pair", recipe_pair, "expected [true_class, predicted_class]")
-        pair["true_class"], pair["predicted_class"] = recipe_pair
     for key in ("shape", "scale"):
         value = pareto.get(key, 1.5 if key == "shape" else 1.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -249,11 +277,7 @@ def _cost_config(section: Mapping[str, Any], default_kind: str, recipe_pair: Any
 
 
 def _ray_config(section: Mapping[str, Any], available_cpus: int | None) -> RayConfig:
-    _check_keys(
-        section,
-        {"address", "num_workers", "use_gpu", "cpus_per_worker", "max_concurrent_trials", "storage_path"},
-        "ray",
-    )
+    _check_keys(section, RayConfig.__dataclass_fields__, "ray")
     num_workers = _positive_int(section.get("num_workers", 1), "ray.num_workers")
     cpus = section.get("cpus_per_worker", 1)
     if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not cpus > 0:
@@ -263,10 +287,13 @@ def _ray_config(section: Mapping[str, Any], available_cpus: int | None) -> RayCo
         raise _fail("ray.use_gpu", use_gpu, "valid: auto, true, false")
     address = section.get("address") or os.environ.get("RAY_ADDRESS") or None
     # A local cluster is sized from this machine: more workers than CPUs would wait forever.
-    if address is None and available_cpus is not None and num_workers * cpus > available_cpus:
+    needed = num_workers * cpus + (TRIAL_DRIVER_CPUS if num_workers > 1 else 0)
+    if address is None and available_cpus is not None and needed > available_cpus:
+        driver = f" plus {TRIAL_DRIVER_CPUS:g} for the trial that drives them" if num_workers > 1 else ""
         raise ConfigError(
             f"params.yaml: ray.num_workers = {num_workers} x ray.cpus_per_worker = {cpus} needs "
-            f"{num_workers * cpus:g} CPUs but this machine has {available_cpus}; lower them or set ray.address"
+            f"{num_workers * cpus:g} CPUs{driver} but this machine has {available_cpus}; lower them "
+            f"(ray.cpus_per_worker may be a fraction) or set ray.address"
         )
     return RayConfig(
         address=address,
@@ -278,103 +305,103 @@ def _ray_config(section: Mapping[str, Any], available_cpus: int | None) -> RayCo
     )
 
 
-def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yaml", *,
-                available_cpus: int | None = None) -> Config:
-    """Read and validate params (a mapping or a YAML path)."""
-    if not isinstance(params, Mapping):
-        path = Path(params)
-        if not path.exists():
-            raise ConfigError(f"{path} not found: run from the repository root, or pass the params file")
-        params = yaml.safe_load(path.read_text()) or {}
-    if available_cpus is None:
-        available_cpus = os.cpu_count()
-    _check_keys(
-        params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "ray", "evaluate", "recipes"}, "<top>"
-    )
-    dataset = params.get("dataset", "digits")
-    if dataset not in DATASETS:
-        raise _fail("dataset", dataset, f"valid: {', '.join(DATASETS)}")
-    recipes = _mapping(params.get("recipes"), "recipes")
-    if dataset not in recipes:
-        raise ConfigError(f"params.yaml: recipes.{dataset} is missing; every data set needs a recipe")
-    recipe = _mapping(recipes[dataset], f"recipes.{dataset}")
-    _check_keys(
-        recipe, {"model", "model_options", "pretrained", "costs", "critical_pair", "baseline", *METHODS},
-        f"recipes.{dataset}",
-    )
-    seed = _positive_int(params.get("seed", 0), "seed", minimum=0)
-    from pipeline.models import MODELS
-
-    if recipe.get("model", "small_cnn") not in MODELS:
-        raise _fail(f"recipes.{dataset}.model", recipe.get("model"), f"known: {', '.join(sorted(MODELS))}")
-
-    data = _mapping(params.get("data"), "data")
-    _check_keys(data, {"root", "source", "download", "val_fraction", "label_column", "verify_checksums"}, "data")
+def _data_config(data: Mapping[str, Any], dataset: str) -> DataConfig:
+    _check_keys(data, DataConfig.__dataclass_fields__, "data")
     val_fraction = data.get("val_fraction", 0.1)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise _fail("data.val_fraction", val_fraction, "must be a number in (0, 1)")
-    data_config = DataConfig(
+    config = DataConfig(
         root=str(data.get("root", "data/raw")),
         source=data.get("source"),
-        download=bool(data.get("download", False)),
+        download=_bool(data.get("download", False), "data.download"),
         val_fraction=float(val_fraction),
         label_column=str(data.get("label_column", "label")),
-        verify_checksums=bool(data.get("verify_checksums", True)),
+        verify_checksums=_bool(data.get("verify_checksums", True), "data.verify_checksums"),
     )
-    if dataset in ("pmi", "table") and not data_config.source:
+    if DATASETS[dataset].needs_source and config.source is None:
         raise ConfigError(f"params.yaml: dataset = {dataset!r} needs data.source (a local archive, folder or file)")
+    return config
 
-    baseline_optim, _ = _resolve_training(
-        _mapping(recipe.get("baseline"), f"recipes.{dataset}.baseline"),
-        _mapping(params.get("baseline"), "baseline"),
-        "baseline",
-        OPTIM_KEYS,
-    )
 
-    finetune = _mapping(params.get("finetune"), "finetune")
-    _check_keys(finetune, {"methods", "replications", *METHODS}, "finetune")
-    names = finetune.get("methods", list(METHODS))
+def _methods(finetune: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str) -> tuple[MethodConfig, ...]:
+    _check_keys(finetune, {"methods", "replications", *FINETUNE_METHODS}, "finetune")
+    names = finetune.get("methods", list(FINETUNE_METHODS))
     if not isinstance(names, list) or not names:
-        raise _fail("finetune.methods", names, f"expected a non-empty list from: {', '.join(METHODS)}")
+        raise _fail("finetune.methods", names, f"expected a non-empty list from: {', '.join(FINETUNE_METHODS)}")
     for name in names:
-        if name not in METHODS:
-            raise _fail("finetune.methods", name, f"unknown method; known: {', '.join(METHODS)}")
+        if name not in FINETUNE_METHODS:
+            raise _fail("finetune.methods", name, f"unknown method; known: {', '.join(FINETUNE_METHODS)}")
     if len(set(names)) != len(names):
         raise _fail("finetune.methods", names, "each method may appear once")
     methods = []
     for name in names:
         optim, options = _resolve_training(
-            _mapping(recipe.get(name), f"recipes.{dataset}.{name}"),
-            _mapping(finetune.get(name), f"finetune.{name}"),
-            f"finetune.{name}",
-            OPTIM_KEYS | METHOD_OPTION_KEYS[name],
-        )
+            _mapping(recipe.get(name), f"{RECIPE_DIR}/{dataset}.yaml:{name}"), _mapping(finetune.get(name), f"finetune.{name}"),
+            f"finetune.{name}", set(OPTIM_KEYS) | set(METHODS[name].options()), dataset)
         methods.append(MethodConfig(name=name, optim=optim, options=options))
+    return tuple(methods)
 
+
+def read_yaml(path: Path, what: str) -> Mapping[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: {what}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    return _mapping(loaded, str(path))
+
+
+def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yaml", *,
+                recipe: Mapping[str, Any] | None = None, recipe_dir: str | os.PathLike[str] | None = None,
+                available_cpus: int | None = None) -> Config:
+    """Read and validate params (a mapping or a YAML path) and the data set's recipe.
+
+    The recipe is ``recipe`` when given, else ``<recipe_dir>/<dataset>.yaml`` (``recipe_dir``
+    defaults to ``recipes/`` beside the params file, or in the working directory for a mapping).
+    """
+    if not isinstance(params, Mapping):
+        path = Path(params)
+        params = read_yaml(path, "run from the repository root, or pass the params file")
+        recipe_dir = recipe_dir if recipe_dir is not None else path.parent / RECIPE_DIR
+    available_cpus = os.cpu_count() if available_cpus is None else available_cpus
+    _check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "ray", "evaluate"}, "<top>")
+    dataset = params.get("dataset", "digits")
+    if dataset not in DATASETS:
+        raise _fail("dataset", dataset, f"valid: {', '.join(DATASETS)}")
+    if recipe is None:
+        recipe_path = Path(RECIPE_DIR if recipe_dir is None else recipe_dir) / f"{dataset}.yaml"
+        recipe = read_yaml(recipe_path, f"every data set needs a recipe; dataset = {dataset!r}")
+    _check_keys(recipe, RECIPE_KEYS, f"{RECIPE_DIR}/{dataset}.yaml:<top>")
+    model = recipe.get("model", "small_cnn")
+    if model not in MODELS:
+        raise _fail(f"{RECIPE_DIR}/{dataset}.yaml:model", model, f"known: {', '.join(sorted(MODELS))}")
+    baseline, _ = _resolve_training(_mapping(recipe.get("baseline"), f"{RECIPE_DIR}/{dataset}.yaml:baseline"),
+                                    _mapping(params.get("baseline"), "baseline"), "baseline", set(OPTIM_KEYS), dataset)
+    finetune = _mapping(params.get("finetune"), "finetune")
     evaluate = _mapping(params.get("evaluate"), "evaluate")
     _check_keys(evaluate, {"top_k"}, "evaluate")
-    paths = Paths(
-        raw=Path(data_config.root) / dataset,
-        manifest=Path("data/split") / f"{dataset}.parquet",
-        cost=Path("data/costs") / f"{dataset}.csv",
-        baseline=Path("models") / dataset / "baseline",
-        finetune=Path("models") / dataset / "finetune",
-        evaluation=Path("results"),
-        report=Path("results") / "report.md",
-    )
     return Config(
         dataset=dataset,
-        seed=seed,
-        data=data_config,
-        costs=_cost_config(_mapping(params.get("costs"), "costs"), str(recipe.get("costs", "pareto")),
-                           recipe.get("critical_pair")),
-        model=str(recipe.get("model", "small_cnn")),
-        model_options=dict(_mapping(recipe.get("model_options"), f"recipes.{dataset}.model_options")),
-        pretrained=bool(recipe.get("pretrained", False)),
-        baseline=baseline_optim,
-        methods=tuple(methods),
+        seed=_positive_int(params.get("seed", 0), "seed", minimum=0),
+        data=(data := _data_config(_mapping(params.get("data"), "data"), dataset)),
+        costs=_cost_config(_mapping(params.get("costs"), "costs"),
+                           _mapping(recipe.get("costs"), f"{RECIPE_DIR}/{dataset}.yaml:costs"), dataset),
+        model=str(model),
+        model_options=dict(_mapping(recipe.get("model_options"), f"{RECIPE_DIR}/{dataset}.yaml:model_options")),
+        pretrained=_bool(recipe.get("pretrained", False), f"{RECIPE_DIR}/{dataset}.yaml:pretrained"),
+        baseline=baseline,
+        methods=_methods(finetune, recipe, dataset),
         replications=_positive_int(finetune.get("replications", 3), "finetune.replications"),
         ray=_ray_config(_mapping(params.get("ray"), "ray"), available_cpus),
         top_k=_positive_int(evaluate.get("top_k", 3), "evaluate.top_k"),
-        paths=paths,
+        paths=Paths(
+            raw=Path(data.root) / dataset,
+            manifest=Path("data/split") / f"{dataset}.parquet",
+            cost=Path("data/costs") / f"{dataset}.csv",
+            baseline=Path("models") / dataset / "baseline",
+            finetune=Path("models") / dataset / "finetune",
+            evaluation=Path("results"),
+            report=Path("results") / "report.md",
+        ),
     )

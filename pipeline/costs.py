@@ -4,15 +4,8 @@ A cost matrix C holds c(y, z), the cost of predicting class z for a sample whose
 is y (rows = true class, columns = predicted class). Costs are non-negative, need not be
 symmetric, and a correct prediction costs nothing, so the diagonal is zero (paper, Sec. 1.1).
 
-On-disk formats (all plain text, read and written by the explicit functions below):
-
-* CSV: the first row is a corner cell (written as ``true\\predicted``, any text accepted on
-  read) followed by the class names; each following row is a true-class name followed by
-  that row's costs. The row names must repeat the header names in the same order, so a
-  transposed or reordered file fails loudly instead of silently swapping costs.
-* YAML / JSON: a mapping ``{classes: [names...], costs: [[row], ...]}``.
-* Expert YAML (``expert_from_yaml``): ``{default: 1.0, pairs: [{true: a, predicted: b,
-  cost: 10}, ...]}``; the class list comes from the dataset.
+The files a matrix is read from and written to (CSV, YAML, JSON, the expert YAML) are
+:mod:`pipeline.costfiles`'; ``CostMatrix.load``/``save``/``from_csv``/``to_csv`` use it.
 
 Class names are strings; integer names (as YAML reads an unquoted ``0``) become their
 decimal string, so MNIST's ``0..9`` work whether or not a file quotes them.
@@ -20,28 +13,21 @@ decimal string, so MNIST's ``0..9`` work whether or not a file quotes them.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from pipeline.fileio import atomic_write_text
+from pipeline.errors import UserError
 
-CSV_CORNER = "true\\predicted"
-_MAPPING_KEYS = ("classes", "costs")
 _EXPERT_KEYS = ("default", "pairs")
 _PAIR_KEYS = ("true", "predicted", "cost")
 
 
-class CostMatrixError(ValueError):
+class CostMatrixError(UserError):
     """An invalid cost matrix, cost file or cost specification."""
 
 
@@ -226,99 +212,53 @@ class CostMatrix:
     @classmethod
     def expert_from_yaml(cls, path: str | os.PathLike[str], classes: Iterable[Any]) -> CostMatrix:
         """Read ``{default: 1.0, pairs: [{true, predicted, cost}, ...]}`` for the given classes."""
-        data = _read_yaml(path)
+        from pipeline import costfiles
+
+        data = costfiles.read_yaml(path)
         _check_keys(data, required=("pairs",), allowed=_EXPERT_KEYS, where=str(path))
         return cls.expert(classes, data["pairs"], default=data.get("default", 1.0))
 
-    # ------------------------------------------------------------------ mapping / files
+    # ------------------------------------------------------------------ files (pipeline.costfiles)
 
     def to_dict(self) -> dict[str, Any]:
         return {"classes": list(self._classes), "costs": self._values.tolist()}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "cost mapping") -> CostMatrix:
-        _check_keys(data, required=_MAPPING_KEYS, allowed=_MAPPING_KEYS, where=where)
-        return _construct_at(where, data["classes"], data["costs"])
+        from pipeline import costfiles
 
-    @classmethod
-    def from_csv(cls, path: str | os.PathLike[str]) -> CostMatrix:
-        with open(path, encoding="utf-8", newline="") as handle:
-            rows = [[cell.strip() for cell in row] for row in csv.reader(handle)]
-        rows = [row for row in rows if any(row)]
-        if not rows:
-            raise CostMatrixError(f"{path}: empty CSV; expected a header row of class names")
-        names = [_class_name(c, f"{path}: header column {n}") for n, c in enumerate(rows[0][1:], start=1)]
-        values = np.zeros((len(rows) - 1, len(names)))
-        for r, row in enumerate(rows[1:]):
-            if len(row) != len(names) + 1:
-                raise CostMatrixError(
-                    f"{path}: row {r + 1} has {len(row)} cells, expected {len(names) + 1} (row name + {len(names)} costs)"
-                )
-            if r >= len(names) or row[0] != names[r]:
-                expected = repr(names[r]) if r < len(names) else "no further row"
-                raise CostMatrixError(
-                    f"{path}: row {r + 1} is named {row[0]!r}, expected {expected}; "
-                    f"row names must equal the header names {names} in the same order"
-                )
-            for c, cell in enumerate(row[1:]):
-                try:
-                    values[r, c] = float(cell)
-                except ValueError:
-                    raise CostMatrixError(
-                        f"{path}: cell c({names[r]!r}, {names[c]!r}) at [{r}, {c}] is {cell!r}, not a number"
-                    ) from None
-        return _construct_at(path, names, values)
-
-    def to_csv(self, path: str | os.PathLike[str]) -> None:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow([CSV_CORNER, *self._classes])
-        # repr(float) is the shortest text that reads back to the same float.
-        for name, row in zip(self._classes, self._values.tolist()):
-            writer.writerow([name, *map(repr, row)])
-        atomic_write_text(path, buffer.getvalue())
-
-    @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> CostMatrix:
-        return cls.from_dict(_read_yaml(path), where=str(path))
-
-    def to_yaml(self, path: str | os.PathLike[str]) -> None:
-        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None))
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike[str]) -> CostMatrix:
-        try:
-            with open(path, encoding="utf-8") as handle:
-                data = json.load(handle)
-        except json.JSONDecodeError as exc:
-            raise CostMatrixError(f"{path}: not valid JSON: {exc}") from None
-        return cls.from_dict(data, where=str(path))
-
-    def to_json(self, path: str | os.PathLike[str]) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return costfiles.from_mapping(data, where)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CostMatrix:
-        """Read a cost matrix, choosing the format by the file suffix."""
-        return getattr(cls, f"from_{_format_of(path)}")(path)
+        """Read a cost matrix, choosing the format (CSV, YAML, JSON) by the file suffix."""
+        from pipeline import costfiles
+
+        return costfiles.load(path)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this cost matrix, choosing the format by the file suffix."""
-        getattr(self, f"to_{_format_of(path)}")(path)
+        """Write this cost matrix atomically, choosing the format by the file suffix."""
+        from pipeline import costfiles
+
+        costfiles.save(self, path)
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike[str]) -> CostMatrix:
+        from pipeline import costfiles
+
+        return costfiles.read_csv(path)
+
+    def to_csv(self, path: str | os.PathLike[str]) -> None:
+        from pipeline import costfiles
+
+        costfiles.write_csv(self, path)
 
     # ------------------------------------------------------------------ derived quantities
 
     def pair_weights(self, temperature: float) -> np.ndarray:
-        """Normalised pair weights c~(y, z) = c(y, z)^tau / sum_{y', z'} c(y', z')^tau (Sec. 3, Eq. 5).
-
-        A larger temperature concentrates the weight on the costliest pairs. The diagonal
-        stays 0 because 0^tau = 0 for tau > 0.
-        """
+        """Normalised pair weights c~(y, z) (Sec. 3, Eq. 5); see :func:`pair_weights`."""
         tau = _finite_number(temperature, "temperature", positive=True)
-        # Scaling by the largest cost first cancels in the ratio and keeps c^tau from
-        # overflowing for heavy-tailed (Pareto) costs and large tau.
-        powered = (self._values / self._values.max()) ** tau
-        return powered / powered.sum()
+        return pair_weights(self.as_tensor(torch.float64), tau).numpy()
 
     def top_pair_indices(self, k: int) -> list[tuple[int, int]]:
         """The ``k`` costliest off-diagonal (true, predicted) index pairs, costliest first.
@@ -358,24 +298,6 @@ class CostMatrix:
 
 
 # ---------------------------------------------------------------------- helpers
-
-_FORMATS = {".csv": "csv", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
-
-
-def _format_of(path: str | os.PathLike[str]) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix not in _FORMATS:
-        raise CostMatrixError(f"{path}: unknown cost file suffix {suffix!r}; valid suffixes: {sorted(_FORMATS)}")
-    return _FORMATS[suffix]
-
-
-def _read_yaml(path: str | os.PathLike[str]) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle)
-    except yaml.YAMLError as exc:
-        raise CostMatrixError(f"{path}: not valid YAML: {exc}") from None
-
 
 def _check_keys(data: Any, required: Sequence[str], allowed: Sequence[str], where: str) -> None:
     if not isinstance(data, Mapping):
@@ -424,9 +346,40 @@ def _lookup(names: tuple[str, ...], name: Any, where: str) -> int:
     return names.index(text)
 
 
-def _construct_at(where: Any, classes: Any, values: Any) -> CostMatrix:
-    """Build a CostMatrix, prefixing a validation error with the file it came from."""
-    try:
-        return CostMatrix(classes, values)
-    except CostMatrixError as exc:
-        raise CostMatrixError(f"{where}: {exc}") from None
+def pair_weights(cost: torch.Tensor, temperature: float) -> torch.Tensor:
+    """c~(y, z) = c(y, z)^tau / sum over all pairs of c^tau (section 3, objective (5)).
+
+    A larger temperature concentrates the weight on the costliest pairs; the diagonal stays 0.
+    Scaling by the largest cost first cancels in the ratio and keeps c^tau from overflowing for
+    heavy-tailed (Pareto) costs and large tau.
+    """
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise CostMatrixError(f"temperature (tau) must be a finite number > 0, got {temperature!r}")
+    off_diagonal = cost.clamp_min(0) * (1 - torch.eye(cost.shape[0], dtype=cost.dtype, device=cost.device))
+    largest = off_diagonal.max()
+    if not bool(largest > 0):
+        raise CostMatrixError("the cost matrix has no positive off-diagonal entry: nothing to be "
+                              "cost-sensitive about")
+    powered = (off_diagonal / largest) ** temperature
+    return powered / powered.sum()
+
+
+# How params.yaml's ``costs.kind`` builds a matrix for the data set's classes. ``settings`` is the
+# validated ``costs`` section (pipeline.config.CostConfig).
+COST_KINDS: dict[str, Callable[[list[str], Any], CostMatrix]] = {
+    "pareto": lambda classes, s: CostMatrix.pareto(classes, shape=s.pareto_shape, scale=s.pareto_scale,
+                                                   seed=s.pareto_seed),
+    "single_pair": lambda classes, s: CostMatrix.single_pair(classes, s.true_class, s.predicted_class,
+                                                             cost=s.pair_cost),
+    "expert": lambda classes, s: CostMatrix.expert_from_yaml(s.expert_file, classes),
+    "file": lambda classes, s: CostMatrix.load(s.file),
+}
+
+
+def build_cost_matrix(settings: Any, classes: list[str]) -> CostMatrix:
+    """The matrix ``settings.kind`` asks for, checked against the data set's class names."""
+    if settings.kind not in COST_KINDS:
+        raise CostMatrixError(f"unknown cost kind {settings.kind!r}; known: {', '.join(COST_KINDS)}")
+    cost = COST_KINDS[settings.kind](classes, settings)
+    cost.check_classes(classes)
+    return cost

@@ -14,9 +14,10 @@ import torch
 from torch import Tensor
 
 from pipeline.costs import CostMatrix
+from pipeline.errors import UserError
 
 
-class DecisionError(ValueError):
+class DecisionError(UserError):
     """Scores and a cost matrix that do not fit together, or an unknown decision rule."""
 
 

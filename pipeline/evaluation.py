@@ -64,9 +64,16 @@ import pandas as pd
 from torch import Tensor
 
 from pipeline.costs import CostMatrix
-from pipeline.datasets.common import atomic_write_bytes
 from pipeline.decision import DECISION_RULES, decide
-from pipeline.metrics import Summary, aggregate_replications, cost_metrics, flat_metrics
+from pipeline.errors import UserError
+from pipeline.fileio import atomic_write_bytes
+from pipeline.metrics import (
+    Summary,
+    aggregate_replications,
+    check_top_k,
+    cost_metrics,
+    flat_metrics,
+)
 
 BASELINE = "baseline"
 RULES: tuple[str, ...] = ("argmax", "expected_cost")
@@ -91,7 +98,7 @@ PAIR_COLUMNS: tuple[str, ...] = (
 _METHOD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(UserError):
     """Run predictions, histories or options that cannot be evaluated."""
 
 
@@ -147,17 +154,11 @@ def _describe(value: Any) -> str:
     return f"{value.dtype} {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
 
 
-def _check_top_k(top_k: Any) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
-        raise EvaluationError(f"top_k must be an integer >= 0, got {top_k!r}")
-    return int(top_k)
-
-
 def evaluate_run(
     run: RunPredictions, cost: CostMatrix, top_k: int, rules: Sequence[str] = RULES
 ) -> dict[str, dict[str, Any]]:
     """``{rule: metrics}`` for one run, ``metrics`` as from :func:`pipeline.metrics.cost_metrics`."""
-    top_k = _check_top_k(top_k)
+    top_k = check_top_k(top_k, cost)
     unknown = [rule for rule in rules if rule not in DECISION_RULES]
     if unknown:
         raise EvaluationError(f"unknown decision rules {unknown}; known: {', '.join(sorted(DECISION_RULES))}")
@@ -236,7 +237,7 @@ def _summarize_evaluated(
 
 def summarize_runs(runs: Sequence[RunPredictions], cost: CostMatrix, top_k: int) -> dict[str, Any]:
     """The evaluation of ``runs`` (shape in the module docstring): summaries and per-run values."""
-    top_k = _check_top_k(top_k)
+    top_k = check_top_k(top_k, cost)
     groups = _group_runs(runs)
     evaluated = {run.name: evaluate_run(run, cost, top_k) for group in groups.values() for run in group}
     return _summarize_evaluated(groups, evaluated)
@@ -364,7 +365,7 @@ def write_evaluation(
 
     Returns the metrics summary (the content of ``metrics/summary.json``).
     """
-    top_k = _check_top_k(top_k)
+    top_k = check_top_k(top_k, cost)
     out_dir = Path(out_dir)
     groups = _group_runs(runs)
     ordered = [run for group in groups.values() for run in group]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -20,3 +21,19 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_dir(staging: str | os.PathLike[str], destination: str | os.PathLike[str]) -> None:
+    """Put the finished folder ``staging`` at ``destination``, replacing what was there."""
+    destination = os.fspath(destination)
+    if os.path.exists(destination):
+        shutil.rmtree(destination)
+    os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+    os.replace(staging, destination)
+
+
+def fresh_dir(path: str | os.PathLike[str]) -> str:
+    """An empty folder at ``path`` (anything left there by an interrupted run is removed)."""
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return os.fspath(path)

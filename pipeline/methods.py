@@ -1,7 +1,9 @@
 """Training objectives: ERM, CSADA (full and stochastic), the penalty method, AP and SOSR.
 
 Each method is a small object with one call, ``loss(model, x, y) -> (loss, stats)``,
-so one training loop serves them all. ``stats`` holds detached scalar tensors (no
+so one training loop serves them all. What a method needs from the run that builds it (the cost
+matrix, the valid input range, a seed) arrives once, at build time, in a :class:`MethodContext`;
+``start_epoch(seed)`` is its per-epoch hook. Nothing outside this module asks which method it is. ``stats`` holds detached scalar tensors (no
 ``.item()`` on the hot path: the loop decides when to synchronise); keys starting with
 ``n_`` are counts, which the loop sums, the others are batch means, which it averages. A method that
 needs a different output layer (SOSR) says so in ``prepare_model``.
@@ -12,17 +14,24 @@ Costs enter as a K x K tensor ``cost`` with c(y, z) in row y, column z.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.attacks import NORMS, STEP_RULES, AttackOutcome, targeted_attack, unwrap_model
+from pipeline.attacks import NORMS, STEP_RULES, AttackOutcome, targeted_attack
+from pipeline.costs import pair_weights
+from pipeline.errors import UserError
+from pipeline.models import unwrap_model
 
 Stats = dict[str, Tensor]
+
+
+class MethodError(UserError):
+    """An unknown method, or options a method cannot work with."""
 
 
 class TrainingMethod(Protocol):
@@ -30,19 +39,18 @@ class TrainingMethod(Protocol):
 
     def prepare_model(self, model: nn.Module) -> nn.Module: ...
 
+    def start_epoch(self, seed: int) -> None: ...
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]: ...
 
 
-def normalized_pair_weights(cost: Tensor, temperature: float) -> Tensor:
-    """c~(y, z) = c(y, z)^tau / sum over all pairs of c^tau (section 3); diagonal stays 0."""
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature (tau) must be a finite number > 0, got {temperature!r}")
-    powered = cost.clamp_min(0) ** temperature
-    powered = powered * (1 - torch.eye(cost.shape[0], dtype=cost.dtype, device=cost.device))
-    total = powered.sum()
-    if not bool(total > 0):
-        raise ValueError("the cost matrix has no positive off-diagonal entry: nothing to be cost-sensitive about")
-    return powered / total
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method may take from the run that builds it, besides its own options."""
+
+    cost: Tensor | None = None  # K x K, c(y, z) in row y, column z
+    input_bounds: tuple[Tensor, Tensor] | None = None  # the valid input range, in model units
+    seed: int = 0  # the run's seed: the same on every DDP rank
 
 
 def log_one_minus_softmax(logits: Tensor) -> Tensor:
@@ -63,13 +71,18 @@ def cost_penalty(logits: Tensor, y: Tensor, cost: Tensor) -> Tensor:
     return -(cost[y] * log_one_minus_softmax(logits)).sum(dim=1)
 
 
-class _Identity:
+class _Plain:
+    """Defaults: the model as built, nothing random of the method's own to reseed."""
+
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model
 
+    def start_epoch(self, seed: int) -> None:
+        del seed
+
 
 @dataclass
-class ERM(_Identity):
+class ERM(_Plain):
     """Plain cross-entropy: the baseline."""
 
     name: str = field(default="erm", init=False)
@@ -80,7 +93,7 @@ class ERM(_Identity):
 
 
 @dataclass
-class Penalty(_Identity):
+class Penalty(_Plain):
     """Objective (3) generalised: mean_i -sum_z c(y_i, z) log(1 - p_z(x_i)), no cross-entropy."""
 
     cost: Tensor
@@ -92,7 +105,7 @@ class Penalty(_Identity):
 
 
 @dataclass
-class AdjustedPenalty(_Identity):
+class AdjustedPenalty(_Plain):
     """AP (section 5.2): cross-entropy + alpha * the cost penalty."""
 
     cost: Tensor
@@ -101,7 +114,7 @@ class AdjustedPenalty(_Identity):
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.alpha) and self.alpha >= 0):
-            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+            raise MethodError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
         logits = model(x)
@@ -124,7 +137,7 @@ def sosr_loss(regressed_costs: Tensor, y: Tensor, cost: Tensor) -> Tensor:
 
 
 @dataclass
-class SOSR:
+class SOSR(_Plain):
     """The regression-layer baseline (CNNSOSR): a linear head regresses per-class costs.
 
     The wrapped model's forward returns scores = -r(x), so argmax of the scores is the
@@ -147,10 +160,11 @@ class SOSR:
 
 
 NORMALIZATIONS = ("unbiased", "attacked_mean")
+PAIR_MODES = ("stochastic", "full")  # Algorithm 3 (one drawn pair per batch) or Algorithm 2
 
 
 @dataclass
-class CSADA(_Identity):
+class CSADA(_Plain):
     """Objective (5), trained by Algorithm 2 (``pairs="full"``) or Algorithm 3 (``pairs="stochastic"``).
 
     loss = CE(x, y) + adv_weight * adversarial term, where the adversarial examples come
@@ -194,20 +208,24 @@ class CSADA(_Identity):
     name: str = field(default="csada", init=False)
 
     def __post_init__(self) -> None:
-        if self.pairs not in ("full", "stochastic"):
-            raise ValueError(f"pairs must be 'full' or 'stochastic', got {self.pairs!r}")
+        if self.pairs not in PAIR_MODES:
+            raise MethodError(f"pairs must be one of {', '.join(PAIR_MODES)}; got {self.pairs!r}")
         if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {self.normalization!r}")
+            raise MethodError(f"normalization must be one of {', '.join(NORMALIZATIONS)}; got {self.normalization!r}")
         if not (math.isfinite(self.adv_weight) and self.adv_weight >= 0):
-            raise ValueError(f"adv_weight (lambda) must be a finite number >= 0, got {self.adv_weight!r}")
+            raise MethodError(f"adv_weight (lambda) must be a finite number >= 0, got {self.adv_weight!r}")
         if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(sorted(NORMS))}")
+            raise MethodError(f"unknown norm {self.norm!r}; known: {', '.join(sorted(NORMS))}")
         if self.step_rule not in STEP_RULES:
-            raise ValueError(f"unknown step_rule {self.step_rule!r}; known: {', '.join(STEP_RULES)}")
-        self.weights = normalized_pair_weights(self.cost.to(torch.float64), self.temperature).to(torch.float32)
+            raise MethodError(f"unknown step_rule {self.step_rule!r}; known: {', '.join(STEP_RULES)}")
+        self.weights = pair_weights(self.cost.to(torch.float64), self.temperature).to(torch.float32)
         # The pair sampler has its own generator: seeded identically on every DDP rank, all
         # ranks draw the same pair, so one pair serves the whole global mini-batch.
         self.generator = torch.Generator().manual_seed(self.seed)
+
+    def start_epoch(self, seed: int) -> None:
+        """Restart the pair draws from ``seed``: a resumed run draws what an uninterrupted one did."""
+        self.generator.manual_seed(seed)
 
     # -- pieces -----------------------------------------------------------------------------
     def attack(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor):
@@ -274,22 +292,51 @@ class CSADA(_Identity):
         return loss, {"ce": ce.detach(), "adv": adv_term.detach(), **stats}
 
 
-METHODS: dict[str, Callable[..., TrainingMethod]] = {
-    "erm": lambda cost=None, **options: ERM(**options),
-    "csada": lambda cost, **options: CSADA(cost=cost, **options),
-    "penalty": lambda cost, **options: Penalty(cost=cost, **options),
-    "ap": lambda cost, **options: AdjustedPenalty(cost=cost, **options),
-    "sosr": lambda cost, **options: SOSR(cost=cost, **options),
+# Options that come from the run (the MethodContext), never from params.yaml.
+_CONTEXT_FIELDS = frozenset({"cost", "clamp", "seed", "name"})
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method: its class and how the run's context fills the class's fields."""
+
+    cls: type
+    needs_cost: bool = True
+    # What a report should say when the model's scores are not calibrated logits.
+    scores_note: str | None = None
+
+    def options(self) -> tuple[str, ...]:
+        """The method's own options (params.yaml's ``finetune.<method>`` keys besides optimisation)."""
+        return tuple(f.name for f in fields(self.cls) if f.init and f.name not in _CONTEXT_FIELDS)
+
+    def build(self, context: MethodContext, options: Mapping[str, Any]) -> TrainingMethod:
+        given = {f.name for f in fields(self.cls) if f.init}
+        provided = {"cost": context.cost, "clamp": context.input_bounds, "seed": context.seed}
+        return self.cls(**{k: v for k, v in provided.items() if k in given}, **options)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "erm": MethodSpec(ERM, needs_cost=False),
+    "csada": MethodSpec(CSADA),
+    "ap": MethodSpec(AdjustedPenalty),
+    "sosr": MethodSpec(SOSR, scores_note="SOSR's scores are negated regressed costs, not log-probabilities, so "
+                                         "the softmax behind this rule is only a heuristic for SOSR."),
+    "penalty": MethodSpec(Penalty),
 }
+# The fine-tuning methods a user can pick (ERM is the baseline).
+FINETUNE_METHODS: tuple[str, ...] = tuple(name for name, spec in METHODS.items() if spec.needs_cost)
 
 
-def build_method(name: str, cost: Tensor | None = None, options: Mapping[str, Any] | None = None) -> TrainingMethod:
+def build_method(name: str, options: Mapping[str, Any] | None = None,
+                 context: MethodContext = MethodContext()) -> TrainingMethod:
     """A training method by name; unknown names and options fail with the valid ones listed."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    if name != "erm" and cost is None:
-        raise ValueError(f"method {name!r} needs a cost matrix")
-    try:
-        return METHODS[name](cost=cost, **dict(options or {}))
-    except TypeError as error:
-        raise ValueError(f"invalid options for method {name!r}: {error}") from None
+        raise MethodError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    spec = METHODS[name]
+    if spec.needs_cost and context.cost is None:
+        raise MethodError(f"method {name!r} needs a cost matrix (MethodContext.cost)")
+    unknown = sorted(set(options or {}) - set(spec.options()))
+    if unknown:
+        raise MethodError(f"invalid options {unknown} for method {name!r}; valid: "
+                         f"{', '.join(spec.options()) or 'none'}")
+    return spec.build(context, dict(options or {}))

@@ -17,11 +17,12 @@ from scipy import stats
 from torch import Tensor
 
 from pipeline.costs import CostMatrix
+from pipeline.errors import UserError
 
 PREDICTION_INTERVAL_LEVEL = 0.90
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError):
     """Labels, a confusion matrix or metric values that cannot be evaluated."""
 
 
@@ -50,6 +51,15 @@ def confusion_matrix(y_true: Any, y_pred: Any, num_classes: int) -> np.ndarray:
     return flat.reshape(num_classes, num_classes).astype(np.int64, copy=False)
 
 
+def check_top_k(top_k: Any, cost: CostMatrix) -> int:
+    """``top_k`` (how many of the costliest pairs to report) as an int, clamped to the number of
+    off-diagonal pairs of ``cost``."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
+        raise MetricsError(f"top_k must be an integer >= 0, got {top_k!r}")
+    k = cost.num_classes
+    return min(int(top_k), k * (k - 1))
+
+
 def metrics_from_confusion(confusion: np.ndarray, cost: CostMatrix, top_k: int = 3) -> dict[str, Any]:
     """Every cost-sensitive metric from a confusion matrix and a cost matrix.
 
@@ -63,8 +73,7 @@ def metrics_from_confusion(confusion: np.ndarray, cost: CostMatrix, top_k: int =
         raise MetricsError(f"confusion must be {k} x {k} to match the cost matrix, got shape {confusion.shape}")
     if not np.issubdtype(confusion.dtype, np.integer) or (confusion < 0).any():
         raise MetricsError("confusion must hold non-negative integer counts")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
-        raise MetricsError(f"top_k must be an integer >= 0, got {top_k!r}")
+    top_k = check_top_k(top_k, cost)
     n = int(confusion.sum())
     if n == 0:
         raise MetricsError("the confusion matrix is empty (no samples); metrics are undefined")
@@ -78,7 +87,7 @@ def metrics_from_confusion(confusion: np.ndarray, cost: CostMatrix, top_k: int =
         pair_rate = pair_count / class_count[:, None]
     np.fill_diagonal(pair_rate, 0.0)
 
-    top = cost.top_pair_indices(min(int(top_k), k * (k - 1))) if top_k else []
+    top = cost.top_pair_indices(top_k) if top_k else []
     return {
         "n": n,
         "accuracy": correct / n,

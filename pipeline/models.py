@@ -18,37 +18,21 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
-import socket
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet34_Weights, WeightsEnum
 
-__all__ = [
-    "MIN_IMAGE_SIDE",
-    "SMALL_INPUT_MAX_SIDE",
-    "MODELS",
-    "CostRegressionModel",
-    "ModelConfigError",
-    "PretrainedWeightsUnavailable",
-    "ResNet9",
-    "SmallCNN",
-    "ToyMLP",
-    "build_model",
-    "build_resnet",
-    "classifier_head",
-    "freeze_all_but_head",
-    "head_parameters",
-    "load_pretrained_state_dict",
-    "pretrained_cache_path",
-    "unfreeze_all",
-]
+from pipeline.errors import UserError
+from pipeline.pretrained import (
+    PretrainedWeightsUnavailable,
+    load_pretrained_state_dict,
+    pretrained_cache_path,
+    unavailable_message,
+)
 
 # Smallest image side every image model here accepts (the 8x8 digits data set).
 MIN_IMAGE_SIDE = 8
@@ -57,12 +41,8 @@ MIN_IMAGE_SIDE = 8
 SMALL_INPUT_MAX_SIDE = 64
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError):
     """A model name, shape or option that is not valid."""
-
-
-class PretrainedWeightsUnavailable(RuntimeError):
-    """Pretrained weights are not in the local cache and could not (or may not) be downloaded."""
 
 
 def _check_positive_int(name: str, value: Any) -> int:
@@ -228,61 +208,6 @@ _RESNETS: dict[int, tuple[Callable[..., torchvision.models.ResNet], WeightsEnum]
 }
 
 
-def pretrained_cache_path(weights: WeightsEnum) -> Path:
-    """Where torch hub keeps (and looks for) the file of ``weights``.
-
-    That is ``torch.hub.get_dir()/checkpoints/<file name in weights.url>``; ``torch.hub.get_dir()``
-    is ``$TORCH_HOME/hub`` when TORCH_HOME is set.
-    """
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
-
-
-def _unavailable_message(weights: WeightsEnum, path: Path, reason: str) -> str:
-    return (
-        f"pretrained weights {weights} are unavailable: {reason}. "
-        f"Fetch {weights.url} and save it as {path.name} in {path.parent} "
-        f"(that directory is $TORCH_HOME/hub/checkpoints; set TORCH_HOME to use another cache), "
-        f"or pass allow_download=True on a machine with network access."
-    )
-
-
-def load_pretrained_state_dict(
-    weights: WeightsEnum, *, allow_download: bool = False, timeout_s: float = 10.0
-) -> dict[str, torch.Tensor]:
-    """The state dict of ``weights``, read from the torch hub cache with ``weights_only=True``.
-
-    Without ``allow_download`` a missing file fails at once with ``PretrainedWeightsUnavailable``,
-    because a download attempt on an offline machine can hang for minutes. With it, torch hub
-    downloads the file (checking its hash) under a socket timeout of ``timeout_s`` seconds, and
-    any failure is reported the same way.
-    """
-    path = pretrained_cache_path(weights)
-    if not path.is_file():
-        if not allow_download:
-            raise PretrainedWeightsUnavailable(
-                _unavailable_message(weights, path, f"{path} does not exist")
-            )
-        # socket's default timeout is process-wide; it is restored however the download ends.
-        previous_timeout = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(timeout_s)
-        try:
-            return torch.hub.load_state_dict_from_url(
-                weights.url, progress=False, check_hash=True, map_location="cpu", weights_only=True
-            )
-        except Exception as exc:  # URLError, timeouts, hash mismatch: all mean "no weights"
-            raise PretrainedWeightsUnavailable(
-                _unavailable_message(weights, path, f"download failed ({exc!r})")
-            ) from exc
-        finally:
-            socket.setdefaulttimeout(previous_timeout)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PretrainedWeightsUnavailable(
-            _unavailable_message(weights, path, f"{path} could not be read ({exc!r}); delete it")
-        ) from exc
-
-
 def _kaiming_conv(in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
     conv = nn.Conv2d(
         in_channels, 64, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
@@ -330,7 +255,7 @@ def build_resnet(
         except (RuntimeError, TypeError) as exc:  # wrong keys/shapes, or not a dict at all
             path = pretrained_cache_path(weights)
             raise PretrainedWeightsUnavailable(
-                _unavailable_message(
+                unavailable_message(
                     weights, path, f"{path} does not hold ResNet-{depth} weights ({exc})"
                 )
             ) from exc
@@ -348,8 +273,10 @@ def build_resnet(
 # --------------------------------------------------------------------------------------------
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    # DistributedDataParallel / DataParallel (as Ray's prepare_model returns) hold the model.
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside a DistributedDataParallel (or DataParallel) wrapper, as Ray's
+    ``prepare_model`` returns. An attack must not go through DDP's forward: that would prepare
+    gradient synchronisation for a backward pass that never reaches the parameters."""
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         return model.module
     return model
@@ -357,7 +284,7 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def classifier_head(model: nn.Module) -> nn.Linear:
     """The final linear layer of a model built here (for CostRegressionModel: its cost layer)."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     if isinstance(model, CostRegressionModel):
         return model.cost_layer
     if isinstance(model, (ToyMLP, SmallCNN, ResNet9)):
@@ -368,11 +295,6 @@ def classifier_head(model: nn.Module) -> nn.Linear:
         f"no known classifier head for {type(model).__name__}; supported: ToyMLP, SmallCNN, "
         "ResNet9, torchvision ResNet, CostRegressionModel"
     )
-
-
-def head_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of ``classifier_head(model)`` (for an optimiser of the head-only stage)."""
-    return list(classifier_head(model).parameters())
 
 
 def freeze_all_but_head(model: nn.Module) -> None:

@@ -6,9 +6,9 @@ number of full-batch epochs: once with ERM (the control) and once with CSADA (Al
 L-inf, eps 1.5, K 5, eta2 0.05). The comparison counts green -> blue test errors.
 
 On Table 1 exactly the classes are ~5 standard deviations apart and a converged baseline
-makes no green -> blue test errors (shared/NOTES.md), so there the measurable claim is the
-one of Fig. 2e/2f: after CSADA no green training point can be pushed to blue within the
-attack budget. ``HARDER_MEANS`` moves green and blue closer so that the baseline does err.
+makes no green -> blue test errors (README, "What the toy problem shows"), so there the
+measurable claim is the one of Fig. 2e/2f: after CSADA no green training point can be pushed to
+blue within the attack budget. ``HARDER_MEANS`` moves green and blue closer so that the baseline does err.
 
 Run ``python -m pipeline.proof_of_concept --out figure2.png`` to draw Figure 2.
 """

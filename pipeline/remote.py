@@ -239,19 +239,21 @@ def check_remote(repo_dir: str | os.PathLike[str] = ".", name: str | None = None
     Credentials are found as DVC finds them: keys or a profile in the remote's local config,
     otherwise boto3's standard chain. Bounded in time: connect/read timeouts and two attempts.
     """
-    import boto3
-    import botocore.session
-    from botocore.config import Config as BotoConfig
-    from botocore.exceptions import (
-        BotoCoreError, ClientError, ConnectionError as BotoConnectionError, NoCredentialsError,
-        PartialCredentialsError, ProfileNotFound,
-    )
-
     name, settings = _remote_settings(repo_dir, name)
     url = settings.get("url", "")
     location = parse_s3_url(url)
     endpoint = settings.get("endpointurl")
     where = f"remote {name!r} ({url}{f' at {endpoint}' if endpoint else ''})"
+    session, source = _session(settings, where, name)
+    _head_bucket(session, settings, location.bucket, where, name, source)
+    return RemoteStatus(name, url, endpoint, settings.get("region"), source)
+
+
+def _session(settings: dict[str, str], where: str, name: str):
+    """A boto3 session with the remote's credentials, and where they came from."""
+    import boto3
+    import botocore.session
+    from botocore.exceptions import PartialCredentialsError, ProfileNotFound
 
     core = botocore.session.Session()
     # DVC's credentialpath/configpath override the shared files, as in `dvc push`.
@@ -276,8 +278,16 @@ def check_remote(repo_dir: str | os.PathLike[str] = ".", name: str | None = None
         raise RemoteCredentialsError(f"{where}: incomplete AWS credentials ({error}); {_advice(name)}") from None
     if credentials is None:
         raise RemoteCredentialsError(f"{where}: no AWS credentials found; {_advice(name)}")
-    source = credentials.method
+    return session, credentials.method
 
+
+def _head_bucket(session, settings: dict[str, str], bucket: str, where: str, name: str, source: str) -> None:
+    """Ask S3 for ``bucket``; every refusal becomes one error that says what to change."""
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    endpoint = settings.get("endpointurl")
     client = session.client(
         "s3",
         endpoint_url=endpoint,
@@ -288,7 +298,7 @@ def check_remote(repo_dir: str | os.PathLike[str] = ".", name: str | None = None
         ),
     )
     try:
-        client.head_bucket(Bucket=location.bucket)
+        client.head_bucket(Bucket=bucket)
     except NoCredentialsError:
         raise RemoteCredentialsError(f"{where}: no AWS credentials found; {_advice(name)}") from None
     except ClientError as error:
@@ -296,23 +306,22 @@ def check_remote(repo_dir: str | os.PathLike[str] = ".", name: str | None = None
         if code in _REJECTED:
             raise RemoteCredentialsError(
                 f"{where}: S3 refused the credentials from {source} ({code}: the key is unknown or expired, "
-                f"the secret does not match, or this identity may not access bucket {location.bucket!r}); "
+                f"the secret does not match, or this identity may not access bucket {bucket!r}); "
                 f"{_advice(name)}"
             ) from None
         if code in _MISSING_BUCKET:
             raise BucketNotFoundError(
-                f"{where}: bucket {location.bucket!r} does not exist{f' at {endpoint}' if endpoint else ''}; "
+                f"{where}: bucket {bucket!r} does not exist{f' at {endpoint}' if endpoint else ''}; "
                 "create it or fix the remote's URL"
             ) from None
         if code in ("301", "PermanentRedirect"):
             raise RemoteError(
-                f"{where}: bucket {location.bucket!r} lives in another region; "
+                f"{where}: bucket {bucket!r} lives in another region; "
                 f"`dvc remote modify {name} region REGION`"
             ) from None
         raise RemoteError(f"{where}: head_bucket failed ({code})") from None
     except (BotoConnectionError, BotoCoreError) as error:
         raise RemoteError(f"{where}: cannot reach S3 ({type(error).__name__}: {error})") from None
-    return RemoteStatus(name, url, endpoint, settings.get("region"), source)
 
 
 def ray_storage_uri(url: str, endpoint_url: str | None = None, *, region: str | None = None) -> str:

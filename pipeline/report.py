@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from pipeline.costs import CostMatrix
-from pipeline.datasets.common import atomic_write_bytes
 from pipeline.decision import DECISION_RULES
+from pipeline.errors import UserError
 from pipeline.evaluation import SUMMARY_FILE, ordered_methods
-from pipeline.metrics import Summary, format_mean_sd
+from pipeline.fileio import atomic_write_bytes
+from pipeline.metrics import Summary, check_top_k, format_mean_sd
 
 DISPLAY_NAMES = {"baseline": "Baseline", "csada": "CSADA", "ap": "AP", "sosr": "SOSR", "penalty": "Penalty"}
 RULE_TITLES = {
@@ -31,7 +32,7 @@ MISSING = "n/a"
 SCREEN_WIDTH = 100
 
 
-class ReportError(ValueError):
+class ReportError(UserError):
     """A summary or option the report cannot be rendered from."""
 
 
@@ -73,13 +74,6 @@ def _check_summary(summary: Any, rule: str) -> list[str]:
         present = sorted({r for rules in summary.values() for r in rules})
         raise ReportError(f"no method in the summary has decision rule {rule!r}; present: {present}")
     return ordered_methods(summary)
-
-
-def _check_top_k(top_k: Any, cost: CostMatrix) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
-        raise ReportError(f"top_k must be an integer >= 0, got {top_k!r}")
-    k = cost.num_classes
-    return min(int(top_k), k * (k - 1))
 
 
 def _replications(summary: Mapping[str, Any], method: str) -> int:
@@ -148,12 +142,16 @@ def render_report(
     top_k: int,
     rule: str = "argmax",
     extra: Mapping[str, Any] | None = None,
+    score_notes: Mapping[str, str] | None = None,
 ) -> str:
-    """The Markdown report: a header, the table under ``rule``, then one per other rule."""
+    """The Markdown report: a header, the table under ``rule``, then one per other rule.
+
+    ``score_notes`` (method -> text) are printed under the expected-cost table for the methods
+    whose scores are not calibrated logits (``pipeline.methods.MethodSpec.scores_note``)."""
     methods = _check_summary(summary, rule)
     if not isinstance(dataset, str) or not dataset.strip():
         raise ReportError(f"dataset must be a non-empty name, got {dataset!r}")
-    top_k = _check_top_k(top_k, cost)
+    top_k = check_top_k(top_k, cost)
     rules = [rule] + sorted({r for rules in summary.values() for r in rules if r != rule}, key=_rule_order)
 
     reps = {m: _replications(summary, m) for m in methods}
@@ -184,9 +182,8 @@ def render_report(
     for r in rules:
         lines += ["", f"## Decision rule: {RULE_TITLES.get(r, r)}", ""]
         lines += _table(summary, methods, r, cost, top_k)
-        if r == "expected_cost" and "sosr" in methods:
-            lines += ["", "SOSR's scores are negated regressed costs, not log-probabilities, so the "
-                      "softmax behind this rule is only a heuristic for SOSR."]
+        if r == "expected_cost":
+            lines += [line for m in methods if m in (score_notes or {}) for line in ("", score_notes[m])]
     return "\n".join(lines) + "\n"
 
 
@@ -225,7 +222,7 @@ def one_screen_summary(
     of ``paths`` (label -> path). Cells are ``mean (sd)`` as in the report.
     """
     methods = _check_summary(summary, rule)
-    top_k = _check_top_k(top_k, cost)
+    top_k = check_top_k(top_k, cost)
     other = "expected_cost" if rule != "expected_cost" else "argmax"
     short = {"argmax": "argmax", "expected_cost": "exp-cost"}
     rule_name, other_name = short.get(rule, rule), short.get(other, other)

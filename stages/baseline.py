@@ -1,6 +1,51 @@
-"""DVC stage 'baseline': see pipeline.steps.baseline."""
+"""DVC stage 'baseline': the model trained with plain ERM, its epoch selected by validation loss.
 
-from pipeline.steps import run_stage
+One Ray Tune trial (resumable: see pipeline.distributed); the outcome is models/<dataset>/baseline/
+with model.pt (the selected weights and the job that trained them) and history.json.
+"""
+
+import dataclasses
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.distributed import run_jobs
+from pipeline.fileio import fresh_dir, replace_dir
+from pipeline.jobs import TrainJob, digest_files
+from pipeline.prepare import FETCHED_FILE
+from pipeline.stage import run_stage
+
+
+def baseline_job(config: Config) -> TrainJob:
+    return TrainJob(
+        name=f"{config.dataset}-baseline",
+        dataset=config.dataset,
+        raw_dir=config.paths.raw.as_posix(),
+        manifest=config.paths.manifest.as_posix(),
+        cost_csv=None,  # ERM needs no costs: a new cost matrix does not retrain the baseline
+        model=config.model,
+        model_options=dict(config.model_options),
+        pretrained=config.pretrained,
+        method="erm",
+        method_options={},
+        optim=dataclasses.asdict(config.baseline),
+        seed=config.seed,
+        select_metric="val_loss",
+        label_column=config.data.label_column,
+        # FETCHED.json carries the raw files' checksums, so it stands for the whole raw folder.
+        inputs_digest=digest_files([config.paths.raw / FETCHED_FILE, config.paths.manifest]),
+    )
+
+
+def main(config: Config) -> None:
+    job = baseline_job(config)
+    print(f"baseline: {config.model} on {config.dataset}, {config.baseline.epochs} epochs, "
+          f"{config.ray.num_workers} worker(s)", flush=True)
+    [store] = run_jobs([job], config.ray, Path.cwd(), experiment=f"{config.dataset}-baseline")
+    staging = Path(fresh_dir(config.paths.baseline.with_name(f".{config.paths.baseline.name}.partial")))
+    store.copy_outcome(staging)
+    replace_dir(staging, config.paths.baseline)
+    print(f"baseline: selected by validation loss -> {config.paths.baseline}/model.pt")
+
 
 if __name__ == "__main__":
-    run_stage("baseline")
+    run_stage("baseline", main)

@@ -1,6 +1,19 @@
-"""DVC stage 'costs': see pipeline.steps.costs."""
+"""DVC stage 'costs': the cost matrix params.yaml asks for, over the data set's class names."""
 
-from pipeline.steps import run_stage
+from pipeline.config import Config
+from pipeline.costs import build_cost_matrix
+from pipeline.prepare import manifest_classes, read_manifest
+from pipeline.stage import run_stage
+
+
+def main(config: Config) -> None:
+    classes = manifest_classes(read_manifest(config.paths.manifest))
+    cost = build_cost_matrix(config.costs, classes)
+    config.paths.cost.parent.mkdir(parents=True, exist_ok=True)
+    cost.save(config.paths.cost)
+    top = ", ".join(f"{a} -> {b}" for a, b in cost.top_pairs(min(3, len(classes) * (len(classes) - 1))))
+    print(f"costs: {config.costs.kind} matrix over {len(classes)} classes in {config.paths.cost}; costliest: {top}")
+
 
 if __name__ == "__main__":
-    run_stage("costs")
+    run_stage("costs", main)

@@ -1,6 +1,17 @@
-"""DVC stage 'fetch': see pipeline.steps.fetch."""
+"""DVC stage 'fetch': materialise the data set in data/raw/<dataset> (with FETCHED.json)."""
 
-from pipeline.steps import run_stage
+from pipeline.config import Config
+from pipeline.prepare import fetch_dataset
+from pipeline.stage import run_stage
+
+
+def main(config: Config) -> None:
+    summary = fetch_dataset(
+        config.dataset, config.paths.raw, source=config.data.source, download=config.data.download,
+        seed=config.seed, label_column=config.data.label_column, verify_checksums=config.data.verify_checksums,
+    )
+    print(f"fetch: {config.dataset} ready in {config.paths.raw} ({summary['num_samples']} samples)")
+
 
 if __name__ == "__main__":
-    run_stage("fetch")
+    run_stage("fetch", main)

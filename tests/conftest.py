@@ -96,11 +96,12 @@ def tiny_repository(destination: Path, ray_address: str, finetune_epochs: int = 
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, target)
-    params = yaml.safe_load((destination / "params.yaml").read_text())
-    recipe = params["recipes"]["digits"]
+    recipe = yaml.safe_load((destination / "recipes/digits.yaml").read_text())
     recipe["baseline"]["epochs"] = 3
     for method in ("csada", "ap", "sosr", "penalty"):
         recipe[method]["epochs"] = finetune_epochs
+    (destination / "recipes/digits.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    params = yaml.safe_load((destination / "params.yaml").read_text())
     params["finetune"]["replications"] = 1
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return {
@@ -120,15 +121,12 @@ def run(command: list[str], cwd: Path, env: dict, timeout: int = 600) -> subproc
 
 
 def prepare_toy(root: Path) -> dict[str, str]:
-    """Fetched toy data, its manifest and the green -> blue cost matrix under ``root``: the
-    input paths of a TrainJob."""
+    """Fetched toy data, its manifest and the green -> blue cost matrix under the project folder
+    ``root``: the input paths of a TrainJob, relative to ``root`` as the stages write them."""
     from pipeline.costs import CostMatrix
     from pipeline.prepare import fetch_dataset, make_manifest, write_manifest
 
-    raw = root / "raw" / "toy"
-    fetch_dataset("toy", raw, seed=0)
-    manifest = root / "toy.parquet"
-    write_manifest(make_manifest("toy", raw, seed=0), manifest)
-    cost = root / "cost.csv"
-    CostMatrix.single_pair(["red", "green", "blue"], "green", "blue").save(cost)
-    return {"raw_dir": str(raw), "manifest": str(manifest), "cost_csv": str(cost)}
+    fetch_dataset("toy", root / "raw" / "toy", seed=0)
+    write_manifest(make_manifest("toy", root / "raw" / "toy", seed=0), root / "toy.parquet")
+    CostMatrix.single_pair(["red", "green", "blue"], "green", "blue").save(root / "cost.csv")
+    return {"raw_dir": "raw/toy", "manifest": "toy.parquet", "cost_csv": "cost.csv"}

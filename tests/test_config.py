@@ -8,7 +8,10 @@ import yaml
 
 from pipeline.config import ConfigError, load_config
 
-PARAMS = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+REPO = Path(__file__).parents[1]
+PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+RECIPES = REPO / "recipes"
+DIGITS = yaml.safe_load((RECIPES / "digits.yaml").read_text())
 
 
 def params(**changes):
@@ -23,33 +26,41 @@ def params(**changes):
     return result
 
 
+def load(values, **kwargs):
+    return load_config(values, recipe_dir=RECIPES, **{"available_cpus": 2, **kwargs})
+
+
+def method(config, name):
+    return {m.name: m for m in config.methods}[name]
+
+
 def test_the_repository_params_are_valid_for_every_dataset():
     for dataset in ("digits", "toy", "mnist", "cifar10"):
-        config = load_config(params(dataset=dataset), available_cpus=2)
+        config = load(params(dataset=dataset))
         assert config.dataset == dataset
         assert [m.name for m in config.methods] == ["csada", "ap", "sosr", "penalty"]
-    pmi = load_config(params(dataset="pmi", data__source="archive.zip"), available_cpus=2)
+    pmi = load(params(dataset="pmi", data__source="archive.zip"))
     assert pmi.costs.kind == "expert" and pmi.pretrained and pmi.baseline.head_only_epochs == 10
 
 
 def test_overrides_replace_recipe_values_and_null_keeps_them():
-    config = load_config(params(finetune__csada={"adv_weight": 5, "eps": None}), available_cpus=2)
-    csada = config.method("csada")
+    config = load(params(finetune__csada={"adv_weight": 5, "eps": None}))
+    csada = method(config, "csada")
     assert csada.options["adv_weight"] == 5.0
-    assert csada.options["eps"] == PARAMS["recipes"]["digits"]["csada"]["eps"]
-    assert csada.optim.epochs == PARAMS["recipes"]["digits"]["csada"]["epochs"]
-    assert load_config(params(baseline__epochs=3), available_cpus=2).baseline.epochs == 3
+    assert csada.options["eps"] == DIGITS["csada"]["eps"]
+    assert csada.optim.epochs == DIGITS["csada"]["epochs"]
+    assert load(params(baseline__epochs=3)).baseline.epochs == 3
 
 
 def test_dataset_switch_takes_that_datasets_recipe():
-    mnist = load_config(params(dataset="mnist"), available_cpus=2)
+    mnist = load(params(dataset="mnist"))
     assert mnist.model == "resnet34"
-    assert mnist.method("csada").options["normalization"] == "attacked_mean"
+    assert method(mnist, "csada").options["normalization"] == "attacked_mean"
     assert mnist.paths.raw == Path("data/raw/mnist")
 
 
 def test_toy_uses_its_critical_pair():
-    config = load_config(params(dataset="toy"), available_cpus=2)
+    config = load(params(dataset="toy"))
     assert (config.costs.kind, config.costs.true_class, config.costs.predicted_class) == ("single_pair", "green", "blue")
 
 
@@ -69,7 +80,9 @@ def test_toy_uses_its_critical_pair():
         (dict(baseline__epochs=0), r"baseline.epochs = 0 is invalid; must be >= 1"),
         (dict(baseline__lr=0), r"baseline.lr = 0 is invalid; must be > 0"),
         (dict(baseline__optimizer="rmsprop"), r"baseline.optimizer = 'rmsprop' is invalid; valid: sgd, adam"),
-        (dict(ray__num_workers=3), r"ray.num_workers = 3 x ray.cpus_per_worker = 1 needs 3 CPUs but this machine has 2"),
+        (dict(ray__num_workers=3), r"ray.num_workers = 3 x ray.cpus_per_worker = 1 needs 3 CPUs plus 0.01 for the "
+                                   r"trial that drives them but this machine has 2"),
+        (dict(ray__num_workers=2), r"needs 2 CPUs plus 0.01 .* \(ray.cpus_per_worker may be a fraction\)"),
         (dict(ray__num_workers=0), r"ray.num_workers = 0 is invalid"),
         (dict(ray__use_gpu="maybe"), r"ray.use_gpu = 'maybe' is invalid; valid: auto, true, false"),
         (dict(costs__kind="random"), r"costs.kind = 'random' is invalid"),
@@ -85,15 +98,29 @@ def test_toy_uses_its_critical_pair():
 )
 def test_invalid_params_fail_with_key_value_and_valid_range(changes, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(params(**changes), available_cpus=2)
+        load(params(**changes))
 
 
 def test_ray_address_lifts_the_local_cpu_check(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    config = load_config(params(ray__num_workers=8, ray__address="ray://head:10001"), available_cpus=2)
+    config = load(params(ray__num_workers=8, ray__address="ray://head:10001"))
     assert config.ray.address == "ray://head:10001" and config.ray.num_workers == 8
     monkeypatch.setenv("RAY_ADDRESS", "auto")
-    assert load_config(params(ray__num_workers=8), available_cpus=2).ray.address == "auto"
+    assert load(params(ray__num_workers=8)).ray.address == "auto"
+
+
+def test_recipe_values_are_validated_with_their_file_and_key():
+    with pytest.raises(ConfigError, match=r"unknown key recipes/digits.yaml:csada.lambda"):
+        load(params(), recipe={**DIGITS, "csada": {**DIGITS["csada"], "lambda": 1}})
+    with pytest.raises(ConfigError, match=r"recipes/digits.yaml:pretrained = 'false' is invalid; expected true or false"):
+        load(params(), recipe={**DIGITS, "pretrained": "false"})
+    with pytest.raises(ConfigError, match=r"recipes/nowhere/digits.yaml not found"):
+        load_config(params(), recipe_dir="recipes/nowhere", available_cpus=2)
+
+
+def test_string_booleans_are_refused():
+    with pytest.raises(ConfigError, match=r"data.download = 'false' is invalid; expected true or false"):
+        load(params(data__download="false"))
 
 
 def test_missing_params_file_is_named(tmp_path):

@@ -21,7 +21,7 @@ from pipeline.datasets import (DATASETS, TOY_CLASSES, TOY_COVARIANCE, TOY_MEANS,
                                Normalization, TransformedSubset, load_dataset, load_digits,
                                load_toy, stratified_split)
 import pipeline.datasets
-from pipeline.datasets import pmi, tables, vision
+from pipeline.datasets import cifar10, mnist, pmi, tables, vision
 from pipeline.datasets.common import check_indices
 
 from tests.fakes import (CIFAR_NAMES, NDCS, pill_image, png_bytes, write_fake_cifar,
@@ -233,15 +233,15 @@ def test_mnist_missing_files_say_what_to_put_where(tmp_path: Path) -> None:
         load_dataset("mnist", root=tmp_path)
     message = str(info.value)
     assert f"{tmp_path}/MNIST/raw" in message and "t10k-labels-idx1-ubyte" in message
-    assert vision.MNIST_URL in message and "download=True" in message and "download=False" in message
+    assert mnist.MNIST_URL in message and "download=True" in message and "download=False" in message
 
 
 def test_cifar10_missing_files_say_what_to_put_where(tmp_path: Path) -> None:
     with pytest.raises(DatasetMissingError) as info:
-        vision.load_cifar10(tmp_path)
+        cifar10.load_cifar10(tmp_path)
     message = str(info.value)
     assert "cifar-10-batches-py" in message and "data_batch_5" in message
-    assert vision.CIFAR10_URL in message and "tar -xzf" in message
+    assert cifar10.CIFAR10_URL in message and "tar -xzf" in message
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -251,7 +251,7 @@ def test_cifar10_missing_files_say_what_to_put_where(tmp_path: Path) -> None:
 ])
 def test_vision_options_checked_before_files(tmp_path: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(DatasetError, match=message) as info:  # tmp_path is empty: files come later
-        vision.load_mnist(tmp_path, **kwargs)
+        mnist.load_mnist(tmp_path, **kwargs)
     assert not isinstance(info.value, DatasetMissingError)
 
 
@@ -263,9 +263,9 @@ def test_download_offline_fails_fast_with_the_instructions(tmp_path: Path, monke
     start = time.perf_counter()
     with pytest.raises(DatasetMissingError, match=r"download=True was tried: cannot reach "
                                                   r"ossci-datasets.s3.amazonaws.com"):
-        vision.load_mnist(tmp_path, download=True)
+        mnist.load_mnist(tmp_path, download=True)
     with pytest.raises(DatasetMissingError, match="cannot reach www.cs.toronto.edu"):
-        vision.load_cifar10(tmp_path, download=True)
+        cifar10.load_cifar10(tmp_path, download=True)
     assert time.perf_counter() - start < 2.0
 
 
@@ -283,7 +283,7 @@ def test_probe_gives_up_on_a_stalled_connection(monkeypatch) -> None:
 
 def test_mnist_loads_fake_idx_files(tmp_path: Path) -> None:
     arrays = write_fake_mnist(tmp_path)
-    data = vision.load_mnist(tmp_path, seed=0)
+    data = mnist.load_mnist(tmp_path, seed=0)
     assert (tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()  # un-gzipped
     assert data.classes == [str(d) for d in range(10)] and data.input_shape == (1, 28, 28)
     # 3 per class at 0.9/0.1: floors (2, 0) + 1 left to train -> (3, 0); val takes one -> (2, 1).
@@ -299,7 +299,7 @@ def test_mnist_loads_fake_idx_files(tmp_path: Path) -> None:
     assert y == arrays["train-labels-idx1-ubyte"][row]
     np.testing.assert_allclose(x[0].numpy(), (arrays["train-images-idx3-ubyte"][row] / 255.0 - 0.1307)
                                / 0.3081, atol=1e-5)
-    assert list(vision.load_mnist(tmp_path, val_fraction=0).splits) == ["train", "test"]
+    assert list(mnist.load_mnist(tmp_path, val_fraction=0).splits) == ["train", "test"]
 
 
 def test_mnist_malformed_file_is_a_dataset_error(tmp_path: Path) -> None:
@@ -307,7 +307,7 @@ def test_mnist_malformed_file_is_a_dataset_error(tmp_path: Path) -> None:
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"not an idx file")
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DatasetError, match="malformed"):
-        vision.load_mnist(tmp_path)
+        mnist.load_mnist(tmp_path)
 
 
 @pytest.fixture
@@ -322,16 +322,16 @@ def _cifar_image(root: Path, batch: str, row: int) -> np.ndarray:
 
 
 def _cifar_standardise(image: np.ndarray) -> np.ndarray:
-    return (image - np.array(vision.CIFAR10_MEAN)[:, None, None]) / np.array(vision.CIFAR10_STD)[:, None, None]
+    return (image - np.array(cifar10.CIFAR10_MEAN)[:, None, None]) / np.array(cifar10.CIFAR10_STD)[:, None, None]
 
 
 def test_cifar10_checks_md5_unless_told_not_to(fake_cifar: Path) -> None:
     with pytest.raises(DatasetError, match="md5.*verify_checksums=False"):
-        vision.load_cifar10(fake_cifar)
+        cifar10.load_cifar10(fake_cifar)
 
 
 def test_cifar10_loads_fake_batches(fake_cifar: Path) -> None:
-    data = vision.load_cifar10(fake_cifar, verify_checksums=False, augment=False)
+    data = cifar10.load_cifar10(fake_cifar, verify_checksums=False, augment=False)
     assert data.classes == CIFAR_NAMES and data.input_shape == (3, 32, 32)
     # 5 per class at 0.9/0.1: floors (4, 0), the left-over tie goes to train -> (5, 0) -> (4, 1).
     assert {k: len(v) for k, v in data.splits.items()} == {"train": 40, "val": 10, "test": 10}
@@ -345,7 +345,7 @@ def test_cifar10_loads_fake_batches(fake_cifar: Path) -> None:
 
 
 def test_cifar10_augments_train_only_with_crop_and_flip(fake_cifar: Path) -> None:
-    data = vision.load_cifar10(fake_cifar, verify_checksums=False, augment=True)
+    data = cifar10.load_cifar10(fake_cifar, verify_checksums=False, augment=True)
     row = int(data.splits["train"].indices[0])  # rows 0..9 are data_batch_1
     padded = np.pad(_cifar_image(fake_cifar, "data_batch_1", row), ((0, 0), (4, 4), (4, 4)))
     candidates = [_cifar_standardise(v[:, i:i + 32, j:j + 32]) for v in (padded, padded[:, :, ::-1])
@@ -361,7 +361,7 @@ def test_cifar10_augments_train_only_with_crop_and_flip(fake_cifar: Path) -> Non
 
 def test_cifar10_extracts_the_downloaded_archive(tmp_path: Path) -> None:
     write_fake_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
-    data = vision.load_cifar10(tmp_path, verify_checksums=False, val_fraction=0)
+    data = cifar10.load_cifar10(tmp_path, verify_checksums=False, val_fraction=0)
     assert list(data.splits) == ["train", "test"] and len(data.splits["train"]) == 50
 
 

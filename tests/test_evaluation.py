@@ -18,6 +18,7 @@ from pipeline.evaluation import (
     summarize_runs,
     write_evaluation,
 )
+from pipeline.metrics import MetricsError
 
 COST = CostMatrix(["a", "b", "c"], [[0, 1, 4], [2, 0, 1], [5, 3, 0]])
 # Pairs by cost: c->a 5, a->c 4, c->b 3, b->a 2, then a->b and b->c (1 each, row-major).
@@ -196,7 +197,7 @@ def test_bad_groups_and_shapes_fail_before_writing(tmp_path):
         summarize_runs([run("csada", None, MIXED), run("csada", 0, CONFIDENT)], COST, top_k=1)
     with pytest.raises(EvaluationError, match="4 classes but the cost matrix has 3"):
         write_evaluation([run("ap", 0, torch.zeros(4, 4))], COST, tmp_path, top_k=1)
-    with pytest.raises(EvaluationError, match="top_k"):
+    with pytest.raises(MetricsError, match="top_k"):
         summarize_runs(RUNS, COST, top_k=-1)
     with pytest.raises(EvaluationError, match="no runs"):
         summarize_runs([], COST, top_k=1)

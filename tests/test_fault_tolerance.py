@@ -1,7 +1,7 @@
-"""Surviving failures on CPU: a killed Ray Train worker, and a fine-tuning stage killed outright.
+"""Surviving failures on CPU: a killed trial process, a stage killed outright, and the DDP path.
 
-In both cases no finished epoch is trained again and nothing finished is lost: histories hold
-each epoch once, and the ``resumes`` column shows which epochs ran after the restart.
+In each case no finished epoch is trained again and nothing finished is lost: histories hold each
+epoch once, and the ``resumes`` column shows which epochs ran after the restart.
 """
 
 from __future__ import annotations
@@ -17,15 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import OptimConfig, RayConfig
-from pipeline.distributed import run_name, run_training
-from pipeline.runner import CHECKPOINT_FILE, CheckpointError, TrainJob, load_checkpoint
+from pipeline.checkpoints import CHECKPOINT_FILE, HISTORY_FILE, OUTCOME_DIR, CheckpointError, load_checkpoint
+from pipeline.config import RayConfig
+from pipeline.distributed import run_jobs, run_location, storage_root
+from pipeline.jobs import TrainJob
+from pipeline.optim import OptimConfig
 from tests.conftest import VENV_BIN, prepare_toy, run, tiny_repository
 
 pytestmark = pytest.mark.slow
 
 
-def _train_worker_pids() -> list[int]:
+def _pids(marker: bytes) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -34,20 +36,17 @@ def _train_worker_pids() -> list[int]:
             command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"RayTrainWorker" in command:
+        if marker in command:
             pids.append(int(entry.name))
     return pids
 
 
 def _latest_epoch(run_dir: Path) -> int:
-    """The epoch of the newest readable checkpoint under a Ray run directory (-1 if none)."""
-    epochs = [-1]
-    for path in run_dir.glob(f"checkpoint_*/{CHECKPOINT_FILE}"):
-        try:
-            epochs.append(int(load_checkpoint(path)["epoch"]))
-        except CheckpointError:
-            pass  # being written
-    return max(epochs)
+    """The epoch of the run's readable checkpoint (-1 if none yet)."""
+    try:
+        return int(load_checkpoint(run_dir / CHECKPOINT_FILE)["epoch"])
+    except CheckpointError:
+        return -1
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:
@@ -58,39 +57,67 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_a_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, ray_cluster):
-    epochs = 40
-    job = TrainJob(
-        name="toy-kill", dataset="toy", **prepare_toy(tmp_path), model="mlp",
-        model_options={}, pretrained=False, method="ap", method_options={"alpha": 1.0},
+def _toy_job(project: Path, epochs: int, **changes) -> TrainJob:
+    return TrainJob(
+        name="toy-kill", dataset="toy", **prepare_toy(project), model="mlp", model_options={}, pretrained=False,
+        method="ap", method_options={"alpha": 1.0},
         optim=dataclasses.asdict(OptimConfig(epochs=epochs, optimizer="adam", lr=0.01, batch_size=8)),
-        seed=3, select_metric="val_wer",
+        seed=3, select_metric="val_wer", **changes,
     )
-    ray_config = RayConfig(address=ray_cluster, num_workers=1, use_gpu=False, storage_path=str(tmp_path / "ray"))
-    before = set(_train_worker_pids())
+
+
+def _history(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / OUTCOME_DIR / HISTORY_FILE).read_text())["history"]
+
+
+def test_a_killed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_cluster):
+    epochs = 40
+    job = _toy_job(tmp_path, epochs)
+    ray_config = RayConfig(address=ray_cluster, num_workers=1, use_gpu=False, storage_path="runs")
+    before = set(_pids(b"ray::ImplicitFunc"))
     outcome: dict = {}
-    trainer = threading.Thread(target=lambda: outcome.update(trained=run_training(job, ray_config, tmp_path / "out")))
+
+    def train() -> None:
+        try:
+            outcome["stores"] = run_jobs([job], ray_config, tmp_path, experiment="kill")
+        except BaseException as error:  # reported by the main thread
+            outcome["error"] = error
+
+    trainer = threading.Thread(target=train)
     trainer.start()
-    run_dir = tmp_path / "ray" / run_name(job)
-    _wait_for(lambda: _latest_epoch(run_dir) >= 3, 180, "three finished epochs")
-    # A checkpoint on disk is registered by Ray Train's controller at its next poll (0.25 s):
-    # only then is it what a restarted worker resumes from. Leave it a few polls.
-    time.sleep(1.5)
-    killed = set(_train_worker_pids()) - before
-    assert killed, "no Ray Train worker process found"
+    run_dir = Path(run_location(storage_root(ray_config, tmp_path), job))
+    _wait_for(lambda: _latest_epoch(run_dir) >= 3 or "error" in outcome, 180, "three finished epochs")
+    assert "error" not in outcome, repr(outcome.get("error"))
+    killed = set(_pids(b"ray::ImplicitFunc")) - before
+    assert killed, "no Ray Tune trial process found"
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
     trainer.join(timeout=300)
-    assert outcome.get("trained") is True
+    assert outcome.get("stores") and outcome["stores"][0].finished(), sorted(
+        str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if "runs/kill" not in str(p))
 
-    history = json.loads((tmp_path / "out" / "history.json").read_text())["history"]
+    history = _history(run_dir)
     assert [row["epoch"] for row in history] == list(range(epochs))  # every epoch exactly once
     first_resumed = next(row["epoch"] for row in history if row["resumes"] > 0)
     assert first_resumed >= 3  # the epochs finished before the kill were kept, not redone
     assert max(row["resumes"] for row in history) == 1
 
 
-def test_a_stage_killed_outright_resumes_unfinished_trials_and_skips_finished_ones(tmp_path, ray_cluster):
+def test_a_two_worker_run_trains_with_ddp_and_resumes_like_any_other(tmp_path, ray_cluster):
+    job = _toy_job(tmp_path, epochs=3)
+    # Two workers of half a CPU each leave the trial that drives them its sliver of the 2 CPUs.
+    ray_config = RayConfig(address=ray_cluster, num_workers=2, cpus_per_worker=0.5, use_gpu=False, storage_path="runs")
+    [store] = run_jobs([job], ray_config, tmp_path, experiment="ddp")
+    run_dir = Path(store.location)
+    assert [row["epoch"] for row in _history(run_dir)] == [0, 1, 2]
+    assert load_checkpoint(run_dir / OUTCOME_DIR / "model.pt")["job"] == job.to_dict()
+    # Ran again, the finished run is reused: nothing is trained.
+    mtime = (run_dir / OUTCOME_DIR / "model.pt").stat().st_mtime_ns
+    run_jobs([job], ray_config, tmp_path, experiment="ddp")
+    assert (run_dir / OUTCOME_DIR / "model.pt").stat().st_mtime_ns == mtime
+
+
+def test_a_stage_killed_outright_resumes_unfinished_runs_and_skips_finished_ones(tmp_path, ray_cluster):
     work = tmp_path / "repo"
     env = tiny_repository(work, ray_cluster, finetune_epochs=12)
     python = str(VENV_BIN / "python")
@@ -102,13 +129,12 @@ def test_a_stage_killed_outright_resumes_unfinished_trials_and_skips_finished_on
     first = subprocess.Popen([python, "stages/finetune.py"], cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def finished_and_unfinished() -> bool:
-        finished = list(storage.glob("digits-*-r0-*/outcome/model.pt"))
-        unfinished = [d for d in storage.glob("digits-*-r0-*") if not (d / "outcome").exists() and _latest_epoch(d) >= 1]
+        finished = list(storage.glob("digits-*-r0-*/outcome/history.json"))
+        unfinished = [d for d in storage.glob("digits-*-r0-*") if not (d / OUTCOME_DIR).exists() and _latest_epoch(d) >= 1]
         return bool(finished) and bool(unfinished)
 
     try:
-        _wait_for(finished_and_unfinished, 300, "one finished trial and one part-way")
-        time.sleep(1.0)  # let Ray Train's controller register the part-way trial's checkpoint
+        _wait_for(finished_and_unfinished, 300, "one finished run and one part-way")
     except AssertionError:
         log.flush()
         raise AssertionError((tmp_path / "first.log").read_text()[-3000:]) from None
@@ -129,8 +155,8 @@ def test_a_stage_killed_outright_resumes_unfinished_trials_and_skips_finished_on
     for history in histories.values():
         assert [row["epoch"] for row in history] == list(range(12))
     assert any(max(row["resumes"] for row in h) >= 1 for h in histories.values())  # one resumed part-way
-    # trials that had finished before the kill were reused, not trained again
+    # runs that had finished before the kill were reused, not trained again
     for name, mtime in finished_before.items():
-        assert (storage / name / "outcome" / "model.pt").stat().st_mtime_ns == mtime
+        assert (storage / name / OUTCOME_DIR / "model.pt").stat().st_mtime_ns == mtime
         job_name = name.rsplit("-", 1)[0]
         assert all(row["resumes"] == 0 for row in histories[job_name])

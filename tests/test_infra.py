@@ -237,6 +237,10 @@ def test_file_mounts_carry_every_input_of_the_pipeline_and_no_output():
         for dep in stage.get("deps", []):
             if not any(dep == p or dep.startswith(p + "/") for p in produced):
                 assert covered(dep), f"dvc.yaml input {dep} is not synced to the cluster"
+        for entry in stage.get("params", []):
+            for file in entry if isinstance(entry, dict) else []:  # params files besides params.yaml
+                folder = file.split("/")[0]
+                assert covered(folder), f"dvc.yaml params file {file} is not synced to the cluster"
     for needed in ("dvc.yaml", "params.yaml", "pyproject.toml", pyproject()["project"]["readme"], ".dvc/config"):
         assert covered(needed), f"{needed} is not synced to the cluster"
     # Outputs live on the shared file system: a sync must never overwrite them.

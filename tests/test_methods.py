@@ -8,16 +8,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.attacks import targeted_attack
+from pipeline.costs import CostMatrixError, pair_weights
 from pipeline.methods import (
     CSADA,
     ERM,
+    FINETUNE_METHODS,
+    METHODS,
     SOSR,
     AdjustedPenalty,
+    MethodContext,
     Penalty,
     build_method,
     cost_penalty,
     log_one_minus_softmax,
-    normalized_pair_weights,
     sosr_loss,
 )
 
@@ -43,14 +46,14 @@ def grads(model, loss):
 
 
 def test_pair_weights_follow_the_temperature_formula():
-    weights = normalized_pair_weights(COST, temperature=2.0)
+    weights = pair_weights(COST, temperature=2.0)
     squared = COST**2
     torch.testing.assert_close(weights, squared / squared.sum())
     assert weights.sum().item() == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="temperature"):
-        normalized_pair_weights(COST, 0.0)
-    with pytest.raises(ValueError, match="no positive off-diagonal"):
-        normalized_pair_weights(torch.zeros(3, 3), 1.0)
+    with pytest.raises(CostMatrixError, match="temperature"):
+        pair_weights(COST, 0.0)
+    with pytest.raises(CostMatrixError, match="no positive off-diagonal"):
+        pair_weights(torch.zeros(3, 3), 1.0)
 
 
 def test_log_one_minus_softmax_is_exact_and_finite_when_saturated():
@@ -190,16 +193,27 @@ def test_zero_adv_weight_recovers_erm():
     torch.testing.assert_close(loss, F.cross_entropy(model(x), y))
 
 
-def test_pair_sampler_follows_the_normalised_costs_and_is_seeded():
-    method = CSADA(cost=COST, temperature=1.0, seed=3)
+def test_pair_sampler_draws_pairs_in_proportion_to_cost_to_the_temperature():
+    # tau = 3: c^3 = 8, 1, 1/8, 64, 27, 1 over 101.125; proportional to c it would be 2/11.5 for (0, 1)
+    method = CSADA(cost=COST, temperature=3.0, seed=3)
     draws = torch.tensor([method.sample_pair() for _ in range(6000)])
     frequency = torch.zeros(3, 3)
     frequency.index_put_((draws[:, 0], draws[:, 1]), torch.ones(len(draws)), accumulate=True)
     frequency /= len(draws)
-    torch.testing.assert_close(frequency, method.weights, atol=0.02, rtol=0)
+    cubed = COST**3
+    torch.testing.assert_close(frequency, cubed / cubed.sum(), atol=0.02, rtol=0)
     assert frequency.diagonal().sum() == 0
-    again = CSADA(cost=COST, temperature=1.0, seed=3)
+    again = CSADA(cost=COST, temperature=3.0, seed=3)
     assert [list(again.sample_pair()) for _ in range(50)] == draws[:50].tolist()
+
+
+def test_start_epoch_restarts_the_pair_draws():
+    method = CSADA(cost=COST, temperature=1.0, seed=3)
+    method.start_epoch(11)
+    first = [method.sample_pair() for _ in range(20)]
+    method.sample_pair()
+    method.start_epoch(11)
+    assert [method.sample_pair() for _ in range(20)] == first
 
 
 def test_only_pairs_with_positive_weight_are_attacked():
@@ -266,12 +280,29 @@ def test_theorem_1_fails_with_three_classes():
 
 
 def test_build_method_registry_errors():
+    context = MethodContext(cost=COST)
     with pytest.raises(ValueError, match="unknown method 'csda'; known: ap, csada, erm, penalty, sosr"):
-        build_method("csda", COST)
+        build_method("csda", {}, context)
     with pytest.raises(ValueError, match="needs a cost matrix"):
         build_method("ap")
-    with pytest.raises(ValueError, match="invalid options for method 'ap'"):
-        build_method("ap", COST, {"lambda": 1})
+    with pytest.raises(ValueError, match=r"invalid options \['lambda'\] for method 'ap'; valid: alpha"):
+        build_method("ap", {"lambda": 1}, context)
     with pytest.raises(ValueError, match="normalization"):
-        build_method("csada", COST, {"normalization": "mean"})
-    assert build_method("csada", COST, {"adv_weight": 2.0, "pairs": "full"}).pairs == "full"
+        build_method("csada", {"normalization": "mean"}, context)
+    assert build_method("csada", {"adv_weight": 2.0, "pairs": "full"}, context).pairs == "full"
+
+
+def test_the_context_reaches_the_methods_that_use_it():
+    low, high = torch.full((2,), -1.0), torch.full((2,), 1.0)
+    csada = build_method("csada", {}, MethodContext(cost=COST, input_bounds=(low, high), seed=9))
+    assert csada.clamp == (low, high) and csada.seed == 9
+    assert torch.equal(csada.generator.get_state(), torch.Generator().manual_seed(9).get_state())
+    assert build_method("erm").name == "erm"  # ERM takes nothing from the context
+
+
+def test_registry_options_are_the_methods_own():
+    assert METHODS["csada"].options() == ("adv_weight", "temperature", "eps", "steps", "step_size", "norm",
+                                          "step_rule", "pairs", "normalization")
+    assert METHODS["ap"].options() == ("alpha",)
+    assert METHODS["sosr"].options() == () and METHODS["erm"].options() == ()
+    assert FINETUNE_METHODS == ("csada", "ap", "sosr", "penalty")

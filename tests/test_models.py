@@ -19,7 +19,6 @@ from pipeline.models import (
     MODELS,
     CostRegressionModel,
     ModelConfigError,
-    PretrainedWeightsUnavailable,
     ResNet9,
     SmallCNN,
     ToyMLP,
@@ -27,11 +26,9 @@ from pipeline.models import (
     build_resnet,
     classifier_head,
     freeze_all_but_head,
-    head_parameters,
-    load_pretrained_state_dict,
-    pretrained_cache_path,
     unfreeze_all,
 )
+from pipeline.pretrained import PretrainedWeightsUnavailable, load_pretrained_state_dict, pretrained_cache_path
 
 
 @pytest.fixture(autouse=True)
@@ -234,7 +231,7 @@ def test_freeze_all_but_head(model, head_attr: str) -> None:
     head = getattr(net, head_attr)
     assert classifier_head(net) is head
     head_ids = {id(p) for p in head.parameters()}
-    assert {id(p) for p in head_parameters(net)} == head_ids and len(head_ids) == 2
+    assert {id(p) for p in classifier_head(net).parameters()} == head_ids and len(head_ids) == 2
     freeze_all_but_head(net)
     for p in net.parameters():
         assert p.requires_grad == (id(p) in head_ids)

@@ -15,15 +15,15 @@ import torch
 
 from pipeline.datasets import (TOY_CLASSES, ArrayDataset, ClassificationData, DatasetError,
                                DatasetMissingError, PMI_DATASET_URL, load_digits, load_toy)
-from pipeline.datasets import pmi, tables, vision
-from pipeline.prepare import (FETCHED_FILE, MANIFEST_COLUMNS, check_manifest, dataset_classes,
+from pipeline.datasets import cifar10, mnist, pmi, tables
+from pipeline.prepare import (FETCHED_FILE, MANIFEST_COLUMNS, check_manifest,
                               fetch_dataset, load_prepared, make_manifest, read_manifest,
                               write_manifest)
 
 from tests.fakes import (CIFAR_NAMES, NDCS, write_fake_cifar, write_fake_cifar_archive,
                    write_fake_mnist, write_pill_tree)
 
-MNIST_RAW = [f"MNIST/raw/{name}" for name in sorted(vision.MNIST_FILES)]
+MNIST_RAW = [f"MNIST/raw/{name}" for name in sorted(mnist.MNIST_FILES)]
 
 
 def _sizes(frame: pd.DataFrame) -> dict[str, list[int]]:
@@ -81,7 +81,7 @@ def test_toy_round_trip_matches_load_toy(tmp_path: Path) -> None:
     assert frame.loc[frame["label"] == 1, "class_name"].unique().tolist() == ["green"]
     data = load_prepared("toy", raw, frame)
     _assert_same_data(data, load_toy(seed=3, val_per_class=50))
-    assert data.normalization is None and dataset_classes("toy", raw) == list(TOY_CLASSES)
+    assert data.normalization is None and data.classes == list(TOY_CLASSES)
 
 
 def test_fetch_is_byte_reproducible_and_refetch_replaces(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_manifest_checks(digits_raw: Path, tmp_path: Path) -> None:
     stale.loc[[i, j], ["label", "class_name"]] = stale.loc[[j, i], ["label", "class_name"]].to_numpy()
     with pytest.raises(DatasetError, match=r"2 manifest label\(s\) in split .* stale"):
         load_prepared("digits", digits_raw, stale)
-    with pytest.raises(DatasetError, match="apply to pmi only"):
+    with pytest.raises(DatasetError, match=r"option\(s\) \[.image_size.\] do not apply to dataset .digits."):
         load_prepared("digits", digits_raw, frame, image_size=32)
 
 
@@ -192,7 +192,6 @@ def test_table_round_trip_matches_load_table(tmp_path: Path, suffix: str) -> Non
     assert sorted(summary["files"]) == [f"table{suffix}"]
     assert (raw / f"table{suffix}").read_bytes() == source.read_bytes()
     assert summary["classes"] == ["apple", "fig", "pear"] and summary["num_samples"] == 25
-    assert dataset_classes("table", raw, label_column="kind") == ["apple", "fig", "pear"]
 
     manifest = make_manifest("table", raw, seed=2, label_column="kind")
     assert _sizes(manifest) == {"train": [6, 3, 6], "val": [2, 1, 2], "test": [2, 1, 2]}
@@ -237,7 +236,7 @@ def test_mnist_from_source_round_trip_and_kept_when_valid(tmp_path: Path) -> Non
     # 3 per class at 0.9/0.1 -> 2 train, 1 val; the official test set follows the 30 train rows.
     assert _sizes(manifest) == {"train": [2] * 10, "val": [1] * 10, "test": [1] * 10}
     assert manifest.loc[manifest["split"] == "test", "sample_id"].tolist() == list(range(30, 40))
-    _assert_same_data(load_prepared("mnist", raw, manifest), vision.load_mnist(raw, seed=0))
+    _assert_same_data(load_prepared("mnist", raw, manifest), mnist.load_mnist(raw, seed=0))
 
     # A valid earlier fetch stands: no source or download needed, nothing rewritten.
     before = {p: p.stat().st_ino for p in raw.rglob("*")}
@@ -267,9 +266,9 @@ def test_mnist_offline_without_source_says_what_to_put_where(tmp_path: Path) -> 
     with pytest.raises(DatasetMissingError) as info:
         fetch_dataset("mnist", raw)
     message = str(info.value)
-    for name in vision.MNIST_FILES:
+    for name in mnist.MNIST_FILES:
         assert f"{name}.gz" in message
-    assert vision.MNIST_URL in message and "data.source" in message and "params.yaml" in message
+    assert mnist.MNIST_URL in message and "data.source" in message and "params.yaml" in message
     assert f"{tmp_path}/data/downloads/mnist/" in message and f"{raw}/MNIST/raw/" in message
     assert not (tmp_path / "data").exists()
 
@@ -298,16 +297,16 @@ def test_cifar10_from_source_round_trip(tmp_path: Path, form: str) -> None:
         source = write_fake_cifar_archive(tmp_path / "cifar-10-python.tar.gz")
     else:
         source = tmp_path / "src"
-        write_fake_cifar(source / vision.CIFAR10_FOLDER if form == "folder" else source)
+        write_fake_cifar(source / cifar10.CIFAR10_FOLDER if form == "folder" else source)
     raw = tmp_path / "raw" / "cifar10"
     summary = fetch_dataset("cifar10", raw, source=source, verify_checksums=False)
-    assert sorted(summary["files"]) == sorted(f"{vision.CIFAR10_FOLDER}/{f}" for f in vision.CIFAR10_FILES)
-    assert summary["classes"] == CIFAR_NAMES and dataset_classes("cifar10", raw) == CIFAR_NAMES
+    assert sorted(summary["files"]) == sorted(f"{cifar10.CIFAR10_FOLDER}/{f}" for f in cifar10.CIFAR10_FILES)
+    assert summary["classes"] == CIFAR_NAMES
 
     manifest = make_manifest("cifar10", raw, seed=1)
     assert _sizes(manifest) == {"train": [4] * 10, "val": [1] * 10, "test": [1] * 10}
     data = load_prepared("cifar10", raw, manifest, augment=False)
-    _assert_same_data(data, vision.load_cifar10(raw, seed=1, augment=False, verify_checksums=False))
+    _assert_same_data(data, cifar10.load_cifar10(raw, seed=1, augment=False, verify_checksums=False))
     assert data.input_bounds()[0].shape == (3, 1, 1)
     augmented = load_prepared("cifar10", raw, manifest)
     assert "RandomCrop" in repr(augmented.splits["train"].transform)
@@ -340,7 +339,6 @@ def test_pmi_round_trip_matches_load_pmi(tmp_path: Path, pill_source: Path, form
     summary = fetch_dataset("pmi", raw, source=source)
     expected = sorted(f"{ndc}/img_{i:03d}.png" for ndc, (n, _) in NDCS.items() for i in range(n))
     assert sorted(summary["files"]) == expected and summary["classes"] == list(NDCS)
-    assert dataset_classes("pmi", raw) == list(NDCS)
     if form == "folder":  # hard links, not copies, of the user's images (same file system here)
         first = "50111-0434/img_000.png"
         assert (raw / first).stat().st_ino == (pill_source / "PMI" / "images" / first).stat().st_ino

@@ -353,42 +353,41 @@ def test_push_without_credentials_fails_and_check_says_why(s3, dvc_repo):
 
 
 @pytest.mark.slow
-def test_ray_train_checkpoints_to_s3_and_reads_them_back(s3, ray_cluster, monkeypatch):
+def test_training_runs_keep_their_state_in_s3_and_a_finished_one_is_reused(s3, ray_cluster, monkeypatch, tmp_path):
+    import dataclasses
+
     import ray
-    import ray.train
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+
+    from pipeline.checkpoints import load_checkpoint
+    from pipeline.config import RayConfig
+    from pipeline.distributed import run_jobs
+    from pipeline.jobs import TrainJob, run_name
+    from pipeline.optim import OptimConfig
+    from tests.conftest import prepare_toy
 
     _use_keys(monkeypatch, s3.key_id, s3.secret)
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-
-    def two_epochs(config):  # nested, so Ray ships it by value to workers that cannot import tests/
-        import tempfile
-
-        for epoch in range(2):
-            with tempfile.TemporaryDirectory() as directory:
-                with open(os.path.join(directory, "state.json"), "w") as handle:
-                    handle.write(f'{{"epoch": {epoch}}}')
-                ray.train.report({"epoch": epoch}, checkpoint=ray.train.Checkpoint.from_directory(directory))
-
+    job = TrainJob(name="toy-s3", dataset="toy", **prepare_toy(tmp_path), model="mlp", model_options={},
+                   pretrained=False, method="ap", method_options={"alpha": 1.0},
+                   optim=dataclasses.asdict(OptimConfig(epochs=2, optimizer="adam", lr=0.01, batch_size=32)),
+                   seed=0, select_metric="val_wer")
+    ray_config = RayConfig(address=ray_cluster, num_workers=1, use_gpu=False,
+                           storage_path=ray_storage_uri(f"s3://{BUCKET}/runs", s3.endpoint))
     # The cluster's workers were started without these credentials: the job's runtime
-    # environment is what carries them to the Train controller and workers.
+    # environment is what carries them to the trials.
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address=ray_cluster, runtime_env={"env_vars": ray_worker_env()})
     try:
-        result = TorchTrainer(
-            two_epochs,
-            scaling_config=ScalingConfig(num_workers=1, use_gpu=False),
-            run_config=RunConfig(name="s3-run", storage_path=ray_storage_uri(f"s3://{BUCKET}/ray", s3.endpoint)),
-        ).fit()
+        [store] = run_jobs([job], ray_config, tmp_path, experiment="s3")
     finally:
         ray.shutdown()
-    assert result.error is None
-    with result.checkpoint.as_directory() as directory:
-        assert json.loads((Path(directory) / "state.json").read_text()) == {"epoch": 1}
-    checkpoints = [key for key in s3.keys("ray/s3-run/") if key.endswith("/state.json")]
-    assert len(checkpoints) == 2 and all(key.startswith("ray/s3-run/checkpoint_") for key in checkpoints)
+    prefix = f"runs/{run_name(job)}/"
+    assert {f"{prefix}checkpoint.pt", f"{prefix}outcome/model.pt", f"{prefix}outcome/history.json"} <= set(s3.keys(prefix))
+    # A second stage run finds the finished run in the bucket and trains nothing (no Ray at all).
+    [again] = run_jobs([job], ray_config, tmp_path, experiment="s3")
+    assert again.finished() and not ray.is_initialized()
+    again.copy_outcome(tmp_path / "out")
+    assert load_checkpoint(tmp_path / "out" / "model.pt")["job"] == job.to_dict()
 
 
 def test_cli_prints_the_storage_uri_and_fails_clearly(tmp_path, capsys):

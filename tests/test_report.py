@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from pipeline.costs import CostMatrix
+from pipeline.errors import UserError
 from pipeline.evaluation import RunPredictions, write_evaluation
-from pipeline.report import ReportError, one_screen_summary, render_report, write_report
+from pipeline.report import one_screen_summary, render_report, write_report
 
 COST = CostMatrix(["a", "b", "c"], [[0, 1, 4], [2, 0, 1], [5, 3, 0]])
 # Costliest pairs: c -> a (5), a -> c (4), c -> b (3).
@@ -60,11 +61,13 @@ def test_report_columns_rows_and_cells():
 
 
 def test_report_second_table_for_expected_cost_and_header():
-    text = render_report(SUMMARY, COST, dataset="cifar10", top_k=2, extra={"epochs": 10, "costs": {"seed": 0}})
+    text = render_report(SUMMARY, COST, dataset="cifar10", top_k=2, extra={"epochs": 10, "costs": {"seed": 0}},
+                         score_notes={"sosr": "SOSR's scores are a heuristic for SOSR.", "absent": "never shown"})
     assert text.index("## Decision rule: argmax") < text.index("## Decision rule: expected cost")
     ec = table(text, "## Decision rule: expected cost")
     assert ec[2] == "| WER (%) | 5.00 | 4.00 (0.02) | 4.90 (0.10) | 5.00 (1.00) | n/a |"
-    assert "heuristic for SOSR" in text
+    assert text.index("heuristic for SOSR") > text.index("## Decision rule: expected cost")
+    assert "never shown" not in text  # notes only for the methods in the summary
     assert "# Cost-sensitive evaluation: cifar10" in text
     assert "Runs per method: Baseline 1, CSADA 5, AP 5, SOSR 5, zeta 3." in text
     assert "Classes (3): a, b, c" in text
@@ -133,5 +136,5 @@ def test_one_screen_summary_fits():
 )
 def test_report_bad_input(summary, kwargs, match):
     args = {"dataset": "d", "top_k": 1, **kwargs}
-    with pytest.raises(ReportError, match=match):
+    with pytest.raises(UserError, match=match):  # ReportError, or MetricsError for top_k
         render_report(summary, COST, **args)

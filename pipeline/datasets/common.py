@@ -8,8 +8,6 @@ valid range (e.g. pixels in [0, 1]) to the model's input units so an attack can 
 
 from __future__ import annotations
 
-from pipeline.fileio import atomic_write_bytes  # noqa: F401  (re-exported for the loaders)
-
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,11 +16,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pipeline.errors import UserError
+
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_FRACTIONS: Mapping[str, float] = {"train": 0.6, "val": 0.2, "test": 0.2}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """Bad dataset input: a malformed file, an invalid option, a class too small to split."""
 
 

@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .common import (ArrayDataset, ClassificationData, DatasetError, Normalization,
-                     check_indices, check_split_fractions_named, stratified_split, train_mean_std)
+from .adapter import (
+    DatasetAdapter,
+    FetchRequest,
+    Inventory,
+    no_options,
+    read_npz,
+    write_npz,
+)
+from .common import (
+    ArrayDataset,
+    ClassificationData,
+    DatasetError,
+    Normalization,
+    check_indices,
+    check_split_fractions_named,
+    stratified_split,
+    train_mean_std,
+)
 
 DIGITS_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
 _DIGITS_MAX = 16.0  # sklearn's digits are counts 0..16 of set pixels in 4x4 blocks
@@ -29,7 +46,9 @@ def load_digits(*, seed: int = 0, fractions: Mapping[str, float] | None = None) 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's raw digits: images (1797, 8, 8) of counts 0..16 as uint8, int64 targets."""
-    from sklearn.datasets import load_digits as sklearn_digits  # bundled with sklearn, no network
+    from sklearn.datasets import (
+        load_digits as sklearn_digits,  # bundled with sklearn, no network
+    )
 
     bunch = sklearn_digits()
     return bunch.images.astype(np.uint8), bunch.target.astype(np.int64)
@@ -57,3 +76,25 @@ def digits_data(images: np.ndarray, targets: np.ndarray,
         name="digits", classes=list(DIGITS_CLASSES), splits=splits, input_shape=(1, 8, 8),
         normalization=Normalization(mean=(float(mean),), std=(float(std),), raw_range=(0.0, 1.0)),
         metadata={**(metadata or {}), "indices": {k: v.tolist() for k, v in parts.items()}})
+
+
+class DigitsAdapter(DatasetAdapter):
+    """``digits.npz``: scikit-learn's ``images`` (N, 8, 8) as raw counts 0..16 and ``target``."""
+
+    name = "digits"
+    uses_source = False
+    loader = staticmethod(load_digits)
+
+    def fetch(self, request: FetchRequest, work: Path) -> dict[str, Any]:
+        images, target = digits_arrays()
+        write_npz(work / "digits.npz", {"images": images, "target": target})
+        return {}
+
+    def inventory(self, raw_dir: Path, label_column: str) -> Inventory:
+        return Inventory(list(DIGITS_CLASSES), read_npz(raw_dir / "digits.npz")["target"].astype(np.int64))
+
+    def load(self, raw_dir: Path, parts: Mapping[str, np.ndarray], *, augment: bool,
+             label_column: str, **options: Any) -> ClassificationData:
+        no_options(self.name, options)
+        arrays = read_npz(raw_dir / "digits.npz")
+        return digits_data(arrays["images"], arrays["target"], parts)

@@ -40,9 +40,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import (ClassificationData, DatasetError, DatasetMissingError, Normalization,
-                     TransformedSubset, check_indices, check_split_fractions_named,
-                     stratified_split)
+from .adapter import DatasetAdapter, FetchRequest, Inventory, no_options
+from .common import (
+    ClassificationData,
+    DatasetError,
+    DatasetMissingError,
+    Normalization,
+    TransformedSubset,
+    check_indices,
+    check_split_fractions_named,
+    stratified_split,
+)
 
 PMI_DATASET_URL = "https://deepblue.lib.umich.edu/data/concern/data_sets/6d56zw997"
 # The suffixes torchvision's ImageFolder accepts.
@@ -251,3 +259,66 @@ def image_folder_root(top: Path) -> Path:
         level = sorted(p for f in level for p in f.iterdir() if p.is_dir())
     raise DatasetError("the archive holds no <class>/<image> folders; expected e.g. "
                        "50111-0434/<image>.jpg somewhere inside it")
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` (no copy of a large image set) or copy it where links cannot be made."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+class PmiAdapter(DatasetAdapter):
+    """``<NDC>/<image>``: an ImageFolder tree of one folder per class; manifest rows name files."""
+
+    name = "pmi"
+    needs_source = True
+    loader = staticmethod(load_pmi)
+
+    def instructions(self, raw_dir: Path) -> str:
+        return (f"the PMI dataset is not downloaded automatically. Download it in a browser from "
+                f"{PMI_DATASET_URL}, then set `data.source` in params.yaml to the downloaded archive "
+                f"(.zip or .tar.gz) or to a folder of <NDC>/<image>.jpg class folders; fetch extracts "
+                f"or copies it to {raw_dir}/.")
+
+    def fetch(self, request: FetchRequest, work: Path) -> dict[str, Any]:
+        assert request.source is not None  # missing_message explained how to get it
+        if request.source.is_file():
+            fetch_pmi(work, archive=request.source)  # extracts into place of the empty `work`
+            return {}
+        try:
+            root = image_folder_root(request.source)
+        except DatasetError:
+            raise DatasetError(f"data.source {request.source} holds no <class>/<image> folders; "
+                               f"expected e.g. {request.source}/50111-0434/<image>.jpg") from None
+        _, samples = scan_pmi(root)
+        for path, _ in samples:
+            target = work / Path(path).relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(Path(path), target)
+        return {}
+
+    def inventory(self, raw_dir: Path, label_column: str) -> Inventory:
+        classes, samples = scan_pmi(raw_dir)
+        return Inventory(classes, np.array([t for _, t in samples], dtype=np.int64),
+                         paths=[Path(p).relative_to(raw_dir).as_posix() for p, _ in samples])
+
+    def positions(self, raw_dir: Path, frame: Any) -> np.ndarray:
+        """Each manifest row's position in the sorted image list of ``raw_dir``, by its path."""
+        inventory = self.inventory(raw_dir, "label")
+        assert inventory.paths is not None
+        position = {p: i for i, p in enumerate(inventory.paths)}
+        paths = frame["path"].tolist()
+        absent = [p for p in paths if p not in position]
+        if absent:
+            raise DatasetError(f"{len(absent)} manifest image(s) are not in {raw_dir}, e.g. "
+                               f"{absent[:3]}; re-run the split stage (dvc repro split)")
+        return np.array([position[p] for p in paths], dtype=np.int64)
+
+    def load(self, raw_dir: Path, parts: Mapping[str, np.ndarray], *, augment: bool,
+             label_column: str, image_size: int = 224, crop_size: int = 960,
+             **options: Any) -> ClassificationData:
+        no_options(self.name, options)
+        return load_pmi(raw_dir, indices=parts, augment=augment, image_size=image_size,
+                        crop_size=crop_size)

@@ -12,6 +12,7 @@ gets std 1).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .common import (SPLIT_NAMES, ArrayDataset, ClassificationData, DatasetError,
-                     DatasetMissingError, Normalization, check_indices,
-                     check_split_fractions_named, stratified_split, train_mean_std)
+from .adapter import DatasetAdapter, FetchRequest, Inventory, no_options
+from .common import (
+    SPLIT_NAMES,
+    ArrayDataset,
+    ClassificationData,
+    DatasetError,
+    DatasetMissingError,
+    Normalization,
+    check_indices,
+    check_split_fractions_named,
+    stratified_split,
+    train_mean_std,
+)
 
 TABLE_READERS = {".csv": "read_csv", ".parquet": "read_parquet", ".pq": "read_parquet"}
 
@@ -161,3 +172,47 @@ def _given_splits(column: Any, split_column: str) -> dict[str, np.ndarray]:
     if "train" not in parts:
         raise DatasetError(f"split column {split_column!r} marks no row as 'train'")
     return parts
+
+
+class TableAdapter(DatasetAdapter):
+    """``table.csv`` / ``table.parquet`` / ``table.pq``: a copy of the user's file."""
+
+    name = "table"
+    needs_source = True
+    loader = staticmethod(load_table)
+
+    def instructions(self, raw_dir: Path) -> str:
+        return (f"dataset 'table' needs your table: set `data.source` in params.yaml to a "
+                f"{' / '.join(TABLE_READERS)} file with one row per sample and a label column "
+                f"(data.label_column); fetch copies it to {raw_dir}/.")
+
+    def fetch(self, request: FetchRequest, work: Path) -> dict[str, Any]:
+        assert request.source is not None
+        suffix = request.source.suffix.lower()
+        if not request.source.is_file() or suffix not in TABLE_READERS:
+            raise DatasetError(f"data.source for a table must be a {', '.join(TABLE_READERS)} file; "
+                               f"got {request.source}")
+        shutil.copyfile(request.source, work / f"table{suffix}")
+        table_labels(read_table(work / f"table{suffix}"), request.label_column, request.source)
+        return {"label_column": request.label_column}
+
+    def inventory(self, raw_dir: Path, label_column: str) -> Inventory:
+        frame = read_table(_table_file(raw_dir))
+        classes, labels = table_labels(frame, label_column, raw_dir)
+        given = table_splits(frame, labels, classes) if "split" in frame.columns else None
+        return Inventory(classes, labels, given=given)
+
+    def load(self, raw_dir: Path, parts: Mapping[str, np.ndarray], *, augment: bool,
+             label_column: str, **options: Any) -> ClassificationData:
+        no_options(self.name, options)
+        return load_table(_table_file(raw_dir), label_column, indices=parts, name="table")
+
+
+def _table_file(raw_dir: Path) -> Path:
+    found = [raw_dir / f"table{suffix}" for suffix in TABLE_READERS
+             if (raw_dir / f"table{suffix}").is_file()]
+    if len(found) != 1:
+        raise DatasetMissingError(f"{raw_dir} must hold exactly one of "
+                                  f"{', '.join('table' + s for s in TABLE_READERS)}; found "
+                                  f"{[p.name for p in found]}; run the fetch stage (dvc repro fetch)")
+    return found[0]

@@ -6,12 +6,30 @@ stated in these units.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from .common import ArrayDataset, ClassificationData, DatasetError
+from .adapter import (
+    DatasetAdapter,
+    FetchRequest,
+    Inventory,
+    no_options,
+    read_classes_json,
+    read_npz,
+    write_npz,
+)
+from .common import (
+    SPLIT_NAMES,
+    ArrayDataset,
+    ClassificationData,
+    DatasetError,
+    check_indices,
+)
 
 # Class order follows the rows of Table 2 (the cost matrix), so cost[green, blue] = 1 indexes it.
 TOY_CLASSES: tuple[str, ...] = ("red", "green", "blue")
@@ -70,3 +88,44 @@ def _cholesky(covariance: Sequence[Sequence[float]]) -> np.ndarray:
         return np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:
         raise DatasetError(f"covariance must be positive definite; got {cov.tolist()}") from None
+
+
+# Validation points per class added to Table 1's data, so that model selection has a validation
+# set (train and test stay exactly the paper's; see load_toy's draw order).
+TOY_VAL_PER_CLASS = 50
+
+
+class ToyAdapter(DatasetAdapter):
+    """``toy.npz`` (``x_<split>``, ``y_<split>`` for train, val, test) and ``classes.json``."""
+
+    name = "toy"
+    uses_source = False
+    loader = staticmethod(load_toy)
+
+    def fetch(self, request: FetchRequest, work: Path) -> dict[str, Any]:
+        data = load_toy(seed=request.seed, val_per_class=TOY_VAL_PER_CLASS)
+        arrays = {}
+        for split, dataset in data.splits.items():
+            arrays[f"x_{split}"], arrays[f"y_{split}"] = dataset.x.numpy(), dataset.y.numpy()
+        write_npz(work / "toy.npz", arrays)
+        (work / "classes.json").write_text(json.dumps(data.classes) + "\n")
+        return {"seed": request.seed, "val_per_class": TOY_VAL_PER_CLASS}
+
+    def inventory(self, raw_dir: Path, label_column: str) -> Inventory:
+        arrays = read_npz(raw_dir / "toy.npz")
+        sizes = [arrays[f"y_{k}"].shape[0] for k in SPLIT_NAMES]
+        bounds = np.cumsum([0] + sizes)
+        return Inventory(read_classes_json(raw_dir),
+                         np.concatenate([arrays[f"y_{k}"] for k in SPLIT_NAMES]).astype(np.int64),
+                         given={k: np.arange(bounds[i], bounds[i + 1]) for i, k in enumerate(SPLIT_NAMES)})
+
+    def load(self, raw_dir: Path, parts: Mapping[str, np.ndarray], *, augment: bool,
+             label_column: str, **options: Any) -> ClassificationData:
+        no_options(self.name, options)
+        arrays = read_npz(raw_dir / "toy.npz")
+        x = torch.from_numpy(np.concatenate([arrays[f"x_{k}"] for k in SPLIT_NAMES]))
+        y = torch.from_numpy(np.concatenate([arrays[f"y_{k}"] for k in SPLIT_NAMES]).astype(np.int64))
+        parts = check_indices(parts, y.shape[0], "toy.npz")
+        return ClassificationData(name="toy", classes=read_classes_json(raw_dir),
+                                  splits={k: ArrayDataset(x[v], y[v]) for k, v in parts.items()},
+                                  input_shape=(2,))

@@ -1,33 +1,20 @@
-"""MNIST and CIFAR-10 through torchvision (Section 5.1), never downloading unless asked.
+"""What MNIST and CIFAR-10 share (Section 5.1): torchvision's files, official splits, downloads.
 
-Both keep the official test set, and carve a seeded stratified validation split out of the
-official training set. Inputs are standardised with the usual whole-dataset channel statistics.
-CIFAR-10 training images get the standard augmentation of He et al. (random 32x32 crop of the
-image padded by 4, random horizontal flip), on the train split only.
-
-Files are looked up where torchvision 0.29 reads them:
-
-* MNIST: ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``; a ``.gz`` of any of
-  them in the same folder is decompressed on load.
-* CIFAR-10: ``<root>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``; a
-  ``<root>/cifar-10-python.tar.gz`` is extracted on load.
-
-torchvision's CIFAR10 refuses files whose md5 differs from the official release. We check the
-md5s ourselves (``verify_checksums=True``, the default, with an error naming the file) and load
-through a subclass whose ``_check_integrity``/``_load_meta`` only require the files to exist, so
-``verify_checksums=False`` can read other files in the same format (tests write tiny fakes).
+Both keep the official test set and carve a seeded stratified validation split out of the
+official training set; inputs are standardised with the usual whole-dataset channel statistics.
+Nothing is downloaded unless asked, and an offline download fails within seconds
+(:func:`try_download`). :class:`OfficialAdapter` is their common dataset adapter: a fetched copy
+that still matches the official checksums is kept, and the manifest's test split must be the
+official test set.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
-import pickle
+import shutil
 import socket
-import tarfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -35,99 +22,17 @@ from urllib.parse import urlparse
 import numpy as np
 from torch.utils.data import Dataset
 
-from .common import (ClassificationData, DatasetError, DatasetMissingError, Normalization,
-                     TransformedSubset, atomic_write_bytes, check_indices, dataset_labels,
-                     stratified_split)
-
-MNIST_MEAN: tuple[float, ...] = (0.1307,)
-MNIST_STD: tuple[float, ...] = (0.3081,)
-MNIST_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
-MNIST_FILES: tuple[str, ...] = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
-
-CIFAR10_MEAN: tuple[float, ...] = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD: tuple[float, ...] = (0.2470, 0.2435, 0.2616)
-CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR10_URL = f"https://www.cs.toronto.edu/~kriz/{CIFAR10_ARCHIVE}"
-CIFAR10_FILES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",
-                                                                                   "batches.meta")
-
-
-def load_mnist(root: str | os.PathLike[str], download: bool = False, *, val_fraction: float = 0.1,
-               seed: int = 0, mean: Sequence[float] = MNIST_MEAN, std: Sequence[float] = MNIST_STD,
-               download_timeout: float = 10.0,
-               indices: Mapping[str, Sequence[int]] | None = None) -> ClassificationData:
-    """MNIST, (1, 28, 28) inputs; train minus a ``val_fraction`` carve-out, val, official test.
-
-    ``indices`` ("train" and optionally "val" -> rows of the official training set, e.g. from a
-    manifest) replaces the seeded carve-out; the test split is always the official test set.
-    """
-    from torchvision.datasets import MNIST
-
-    norm = _check_options("mnist", 1, val_fraction, mean, std)
-    raw = Path(root) / "MNIST" / "raw"
-    _gunzip_pending(raw, MNIST_FILES)
-    if download and _missing(raw, MNIST_FILES):
-        problem = download_mnist(root, download_timeout)
-    else:
-        problem = None
-    missing = _missing(raw, MNIST_FILES)
-    if missing:
-        raise DatasetMissingError(
-            f"MNIST not found: missing {', '.join(missing)} in {raw}/. Put the four files "
-            f"{', '.join(MNIST_FILES)} there (or their .gz, decompressed on load), downloaded "
-            f"from {MNIST_URL}<name>.gz, e.g. `mkdir -p {raw} && cd {raw} && curl -O "
-            f"{MNIST_URL}train-images-idx3-ubyte.gz` for each; or call load_mnist(root, "
-            f"download=True) with network access." + _download_note(download, problem))
-    try:
-        bases = tuple(PILImages(d.data.numpy(), d.targets.numpy())
-                      for d in (MNIST(os.fspath(root), train=True), MNIST(os.fspath(root), train=False)))
-    except (AssertionError, TypeError, ValueError, RuntimeError, KeyError) as err:
-        raise DatasetError(f"MNIST files in {raw} are malformed ({type(err).__name__}: {err}); "
-                           f"replace them with the originals from {MNIST_URL}") from err
-    return _assemble("mnist", list(MNIST_CLASSES), bases, (1, 28, 28), norm,
-                     augment=None, val_fraction=val_fraction, seed=seed, root=root, indices=indices)
-
-
-def load_cifar10(root: str | os.PathLike[str], download: bool = False, *, val_fraction: float = 0.1,
-                 seed: int = 0, augment: bool = True, verify_checksums: bool = True,
-                 mean: Sequence[float] = CIFAR10_MEAN, std: Sequence[float] = CIFAR10_STD,
-                 download_timeout: float = 10.0,
-                 indices: Mapping[str, Sequence[int]] | None = None) -> ClassificationData:
-    """CIFAR-10, (3, 32, 32) inputs; ``augment`` adds crop+flip to the train split only.
-
-    ``indices`` as for :func:`load_mnist`.
-    """
-    norm = _check_options("cifar10", 3, val_fraction, mean, std)
-    folder = Path(root) / CIFAR10_FOLDER
-    archive = Path(root) / CIFAR10_ARCHIVE
-    if _missing(folder, CIFAR10_FILES) and archive.is_file():
-        _extract_tar(archive, Path(root))
-    problem = None
-    if download and _missing(folder, CIFAR10_FILES):
-        problem = download_cifar10(root, download_timeout)
-    missing = _missing(folder, CIFAR10_FILES)
-    if missing:
-        raise DatasetMissingError(
-            f"CIFAR-10 not found: missing {', '.join(missing)} in {folder}/. Download {CIFAR10_URL} "
-            f"and put it at {archive} (extracted on load), or extract it yourself with "
-            f"`tar -xzf {CIFAR10_ARCHIVE} -C {root}`; or call load_cifar10(root, download=True) "
-            f"with network access." + _download_note(download, problem))
-    if verify_checksums:
-        _verify_cifar_md5(folder)
-    cifar = _existence_checked_cifar10()
-    try:
-        official = cifar(os.fspath(root), train=True), cifar(os.fspath(root), train=False)
-    except (OSError, EOFError, ValueError, KeyError, TypeError, RuntimeError,
-            pickle.UnpicklingError) as err:
-        raise DatasetError(f"CIFAR-10 files in {folder} are malformed ({type(err).__name__}: "
-                           f"{err}); re-extract {CIFAR10_ARCHIVE}") from err
-    bases = tuple(PILImages(d.data, np.asarray(d.targets)) for d in official)
-    return _assemble("cifar10", list(official[0].classes), bases, (3, 32, 32), norm,
-                     augment=_he_augmentation() if augment else None, val_fraction=val_fraction,
-                     seed=seed, root=root, indices=indices)
+from .adapter import DatasetAdapter, FetchRequest, Inventory, no_options
+from .common import (
+    ClassificationData,
+    DatasetError,
+    DatasetMissingError,
+    Normalization,
+    TransformedSubset,
+    check_indices,
+    dataset_labels,
+    stratified_split,
+)
 
 
 class PILImages(Dataset):
@@ -150,7 +55,7 @@ class PILImages(Dataset):
         return Image.fromarray(self.images[index]), int(self.targets[index])
 
 
-def _check_options(name: str, channels: int, val_fraction: float, mean: Sequence[float],
+def check_options(name: str, channels: int, val_fraction: float, mean: Sequence[float],
                    std: Sequence[float]) -> Normalization:
     """Validate the options before any file is read; the standardisation they define."""
     if not (isinstance(val_fraction, (int, float)) and 0 <= val_fraction < 1):
@@ -162,7 +67,7 @@ def _check_options(name: str, channels: int, val_fraction: float, mean: Sequence
     return norm
 
 
-def _assemble(name: str, classes: list[str], bases: tuple[Any, Any], input_shape: tuple[int, ...],
+def assemble(name: str, classes: list[str], bases: tuple[Any, Any], input_shape: tuple[int, ...],
               norm: Normalization, *, augment: list[Any] | None, val_fraction: float, seed: int,
               root: str | os.PathLike[str],
               indices: Mapping[str, Sequence[int]] | None = None) -> ClassificationData:
@@ -199,110 +104,11 @@ def carve_validation(train_labels: np.ndarray, val_fraction: float, seed: int,
     return {"train": np.arange(np.asarray(train_labels).shape[0])}
 
 
-def download_mnist(root: str | os.PathLike[str], timeout: float = 10.0) -> str | None:
-    """Let torchvision download MNIST into ``<root>/MNIST/raw`` (it checks the md5s).
-
-    Returns None on success, else why it failed; gives up within ``timeout`` s when offline.
-    """
-    from torchvision.datasets import MNIST
-
-    return _try_download(lambda: MNIST(os.fspath(root), train=True, download=True), MNIST_URL,
-                         timeout)
-
-
-def download_cifar10(root: str | os.PathLike[str], timeout: float = 10.0) -> str | None:
-    """Download and extract CIFAR-10 into ``root`` (md5-checked); as :func:`download_mnist`."""
-    return _try_download(lambda: _download_cifar10(root), CIFAR10_URL, timeout)
-
-
-def _he_augmentation() -> list[Any]:
-    import torchvision.transforms as T
-
-    return [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()]
-
-
-@lru_cache(maxsize=1)
-def _existence_checked_cifar10() -> type:
-    """torchvision's CIFAR10 with its md5 checks reduced to existence checks (see module doc)."""
-    from torchvision.datasets import CIFAR10
-
-    class ExistenceCheckedCIFAR10(CIFAR10):
-        def _check_integrity(self) -> bool:
-            return not _missing(Path(self.root) / self.base_folder, CIFAR10_FILES)
-
-        def _load_meta(self) -> None:
-            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as fh:
-                self.classes = list(pickle.load(fh, encoding="latin1")[self.meta["key"]])
-            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-
-    return ExistenceCheckedCIFAR10
-
-
-def _download_cifar10(root: str | os.PathLike[str]) -> None:
-    from torchvision.datasets import CIFAR10
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    download_and_extract_archive(CIFAR10.url, os.fspath(root), filename=CIFAR10.filename,
-                                 md5=CIFAR10.tgz_md5)
-
-
-def cifar10_md5_mismatches(folder: str | os.PathLike[str]) -> list[str]:
-    """CIFAR-10 files in ``folder`` that are absent or differ from the md5s torchvision lists."""
-    from torchvision.datasets import CIFAR10
-    from torchvision.datasets.utils import check_integrity
-
-    expected = dict(CIFAR10.train_list + CIFAR10.test_list)
-    expected[CIFAR10.meta["filename"]] = CIFAR10.meta["md5"]
-    return [f for f in CIFAR10_FILES if not check_integrity(os.path.join(folder, f), expected[f])]
-
-
-def mnist_md5_mismatches(folder: str | os.PathLike[str]) -> list[str]:
-    """MNIST ``.gz`` files in ``folder`` that are absent or differ from torchvision's md5s.
-
-    torchvision lists the md5s of the downloaded ``.gz`` files only, so the decompressed files
-    cannot be checked against the official release.
-    """
-    from torchvision.datasets import MNIST
-    from torchvision.datasets.utils import check_integrity
-
-    return [f for f, md5 in MNIST.resources if not check_integrity(os.path.join(folder, f), md5)]
-
-
-def _verify_cifar_md5(folder: Path) -> None:
-    bad = cifar10_md5_mismatches(folder)
-    if bad:
-        raise DatasetError(f"CIFAR-10 files {', '.join(bad)} in {folder} do not match the official "
-                           f"md5s; re-download {CIFAR10_URL}, or pass verify_checksums=False to "
-                           f"load files in the same format that are not the official release")
-
-
-def _missing(folder: Path, names: Sequence[str]) -> list[str]:
+def missing_files(folder: Path, names: Sequence[str]) -> list[str]:
     return [n for n in names if not (folder / n).is_file()]
 
 
-def _gunzip_pending(folder: Path, names: Sequence[str]) -> None:
-    """Decompress ``<name>.gz`` next to each missing ``<name>`` (atomically)."""
-    for name in _missing(folder, names):
-        packed = folder / f"{name}.gz"
-        if packed.is_file():
-            try:
-                with gzip.open(packed, "rb") as fh:
-                    data = fh.read()
-            except (OSError, EOFError) as err:
-                raise DatasetError(f"{packed} is not a readable gzip file ({err}); replace it") from err
-            atomic_write_bytes(folder / name, data)
-
-
-def _extract_tar(archive: Path, dest: Path) -> None:
-    try:
-        with tarfile.open(archive) as tar:
-            # The "data" filter refuses absolute paths, links out of dest and device files.
-            tar.extractall(dest, filter="data")
-    except (tarfile.TarError, OSError) as err:
-        raise DatasetError(f"cannot extract {archive} ({err}); re-download {CIFAR10_URL}") from err
-
-
-def _try_download(fetch: Callable[[], object], url: str, timeout: float) -> str | None:
+def try_download(fetch: Callable[[], object], url: str, timeout: float) -> str | None:
     """Run ``fetch`` (a torchvision download) so that no network fails within seconds.
 
     Returns None on success, else why it failed. torchvision's ``urlopen`` calls pass no timeout,
@@ -344,7 +150,89 @@ def _probe(host: str, port: int, timeout: float) -> str | None:
     return str(outcome["error"]) if "error" in outcome else None
 
 
-def _download_note(download: bool, problem: str | None) -> str:
+def download_note(download: bool, problem: str | None) -> str:
     if not download:
         return " (download=False, so nothing was fetched.)"
     return f" (download=True was tried: {problem or 'it finished but the files are still missing'}.)"
+
+
+class OfficialAdapter(DatasetAdapter):
+    """A dataset with an official train/test split and official checksums (MNIST, CIFAR-10)."""
+
+    keeps_verified_fetch = True
+
+    def official(self, raw_dir: Path, *, augment: bool,
+                 indices: Mapping[str, np.ndarray] | None) -> ClassificationData:
+        """The fetched files as train (or ``indices``' rows of it) and the official test set."""
+        raise NotImplementedError
+
+    def instructions(self, raw_dir: Path) -> str:
+        raise NotImplementedError
+
+    def missing_message(self, request: FetchRequest) -> str | None:
+        if request.source is None and not request.download:
+            return self.instructions(request.raw_dir)
+        return None
+
+    def explain_download(self, request: FetchRequest, problem: str | None) -> None:
+        if problem is not None:
+            raise DatasetMissingError(f"{self.instructions(request.raw_dir)} (data.download is true, "
+                                      f"but {problem}.)")
+
+    def inventory(self, raw_dir: Path, label_column: str) -> Inventory:
+        # Fetch verified the official checksums, and DVC hashes its output: no second md5 pass.
+        data = self.official(raw_dir, augment=False, indices=None)
+        train, test = data.labels("train"), data.labels("test")
+        return Inventory(data.classes, np.concatenate([train, test]),
+                         given={"train": np.arange(train.shape[0]),
+                                "test": train.shape[0] + np.arange(test.shape[0])})
+
+    def split(self, inventory: Inventory, *, seed: int, val_fraction: float,
+              fractions: Mapping[str, float] | None = None) -> dict[str, np.ndarray]:
+        assert inventory.given is not None
+        pool = inventory.given["train"]
+        carved = carve_validation(inventory.labels[pool], val_fraction, seed, inventory.classes)
+        return {k: pool[v] for k, v in carved.items()} | {"test": inventory.given["test"]}
+
+    def load(self, raw_dir: Path, parts: Mapping[str, np.ndarray], *, augment: bool,
+             label_column: str, **options: Any) -> ClassificationData:
+        no_options(self.name, options)
+        data = self.official(raw_dir, augment=augment,
+                             indices={k: v for k, v in parts.items() if k != "test"})
+        n_train = len(data.splits["train"].dataset)
+        official_test = n_train + np.arange(len(data.splits["test"]))
+        if not np.array_equal(parts.get("test", np.empty(0, dtype=np.int64)), official_test):
+            raise DatasetError(f"the manifest's test split must be the official {self.name} test set "
+                               f"(sample_id {n_train}..{n_train + official_test.shape[0] - 1}); "
+                               f"re-run the split stage (dvc repro split)")
+        return data
+
+
+def suggested_folder(raw_dir: Path, name: str) -> Path:
+    return raw_dir.parent.parent / "downloads" / name
+
+
+def find_files(source: Path, folders: Sequence[str], names: Sequence[str], *,
+               packed: str | None, what: str, hint: str) -> list[Path]:
+    """Each of ``names`` in the first of ``source/<folder>`` holding it (or its ``packed`` form,
+    which wins: it is what the official checksums are of)."""
+    found: dict[str, Path] = {}
+    for name in names:
+        forms = ([f"{name}{packed}"] if packed else []) + [name]
+        hits = [source / folder / form for folder in folders for form in forms
+                if (source / folder / form).is_file()]
+        if hits:
+            found[name] = hits[0]
+    missing = [name for name in names if name not in found]
+    if missing:
+        places = ", ".join(f"{source / folder}/" for folder in folders)
+        forms = f" (or their {packed})" if packed else ""
+        raise DatasetMissingError(f"{what} file(s) {', '.join(missing)}{forms} not found in "
+                                  f"data.source (looked in {places}); put them there, {hint}")
+    return list(found.values())
+
+
+def copy_files(paths: Sequence[Path], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        shutil.copyfile(path, folder / path.name)

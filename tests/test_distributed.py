@@ -1,0 +1,42 @@
+"""The Ray edge without Ray: where runs live, and reuse without starting a cluster."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import ray
+
+from pipeline.config import RayConfig
+from pipeline.distributed import run_jobs, run_location, storage_root
+from pipeline.jobs import TrainJob, run_name
+from pipeline.optim import OptimConfig
+from pipeline.train import train_func
+from tests.conftest import prepare_toy
+
+
+def _job(root: Path) -> TrainJob:
+    return TrainJob(name="toy-ap", dataset="toy", **prepare_toy(root), model="mlp", model_options={},
+                    pretrained=False, method="ap", method_options={"alpha": 1.0},
+                    optim=dataclasses.asdict(OptimConfig(epochs=1, optimizer="adam", lr=0.01, batch_size=32)),
+                    seed=0, select_metric="val_wer")
+
+
+def test_run_folders_sit_under_the_storage_path_and_keep_an_s3_query_last(tmp_path):
+    job = _job(tmp_path)
+    assert storage_root(RayConfig(storage_path="runs/ray"), tmp_path) == str((tmp_path / "runs/ray").resolve())
+    assert storage_root(RayConfig(storage_path="s3://b/p?scheme=http"), tmp_path) == "s3://b/p?scheme=http"
+    assert run_location("/abs/runs/", job) == f"/abs/runs/{run_name(job)}"
+    assert (run_location("s3://b/runs?endpoint_override=h:9000&scheme=http", job)
+            == f"s3://b/runs/{run_name(job)}?endpoint_override=h:9000&scheme=http")
+
+
+def test_finished_runs_are_reused_without_starting_ray(tmp_path):
+    job = _job(tmp_path)
+    ray_config = RayConfig(storage_path="runs")
+    location = run_location(storage_root(ray_config, tmp_path), job)
+    train_func({"job": job.to_dict(), "store": location, "root": str(tmp_path), "device": "cpu"})
+    assert not ray.is_initialized()
+    [store] = run_jobs([job], ray_config, tmp_path, experiment="reuse")
+    assert store.finished() and store.location == location
+    assert not ray.is_initialized()  # nothing to train: no cluster was started

@@ -1,0 +1,86 @@
+"""The stage scripts' own logic, in-process on the toy problem: no DVC, no Ray.
+
+fetch, split and costs run as they do under `dvc repro`; the baseline and fine-tuning runs are
+trained with `train_func` directly and put where those stages put their outcomes; evaluate and
+report then run on them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from pipeline.checkpoints import RunStore
+from pipeline.config import load_config
+from pipeline.costs import CostMatrix
+from pipeline.jobs import run_name
+from pipeline.prepare import load_prepared
+from pipeline.train import train_func
+from stages import baseline, costs, evaluate, fetch, finetune, report, split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def toy_project(tmp_path_factory):
+    """A toy project after every stage up to finetune; yields (config, root)."""
+    root = tmp_path_factory.mktemp("toy")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.update(dataset="toy", finetune={**params["finetune"], "replications": 1})
+    params["baseline"] = {"epochs": 3}
+    params["finetune"].update({m: {"epochs": 1} for m in params["finetune"]["methods"]})
+    config = load_config(params, recipe_dir=REPO / "recipes", available_cpus=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for stage in (fetch, split, costs):
+            stage.main(config)
+        for jobs, destination in (([baseline.baseline_job(config)], None), (finetune.finetune_jobs(config), "finetune")):
+            for job in jobs:
+                store = root / "runs" / run_name(job)
+                train_func({"job": job.to_dict(), "store": str(store), "root": str(root), "device": "cpu"})
+                target = config.paths.baseline if destination is None else config.paths.finetune / job.name
+                RunStore(str(store)).copy_outcome(root / target)
+        index = [{"name": j.name, "method": j.method, "replication": j.replication} for j in finetune.finetune_jobs(config)]
+        (root / config.paths.finetune / finetune.RUNS_INDEX).write_text(json.dumps(index))
+    return config, root
+
+
+def test_evaluation_scores_every_model_on_the_test_split(toy_project, monkeypatch):
+    config, root = toy_project
+    monkeypatch.chdir(root)
+    runs = evaluate.trained_runs(config.paths.baseline, config.paths.finetune)
+    assert [(m, r) for m, r, _ in runs] == [("baseline", None), ("csada", 0), ("ap", 0), ("sosr", 0), ("penalty", 0)]
+    data = load_prepared("toy", config.paths.raw, config.paths.manifest, augment=False)
+    cost = CostMatrix.load(config.paths.cost)
+    predictions = evaluate.test_predictions(runs, data, cost)
+    test_x = data.split("test").x
+    for run in predictions:
+        assert torch.equal(run.labels, data.split("test").y)  # the test split, in order, not validation
+        assert run.logits.shape == (len(test_x), 3)
+    baseline_model = evaluate.trained_model(config.paths.baseline, data, cost.as_tensor())
+    torch.testing.assert_close(predictions[0].logits, baseline_model.eval()(test_x))
+
+
+def test_evaluate_and_report_write_their_outputs(toy_project, monkeypatch, capsys):
+    config, root = toy_project
+    monkeypatch.chdir(root)
+    evaluate.main(config)
+    summary = json.loads((root / "results/metrics/summary.json").read_text())
+    assert set(summary) == {"baseline", "csada", "ap", "sosr", "penalty"}
+    assert summary["baseline"]["argmax"]["n"]["mean"] == 1500  # the toy's 500 test points per class
+    report.main(config)
+    assert "Evaluation of toy" in capsys.readouterr().out
+    assert "# Cost-sensitive evaluation: toy" in (root / "results/report.md").read_text()
+
+
+def test_no_output_holds_an_absolute_path(toy_project):
+    config, root = toy_project
+    for path in [*(root / "models").rglob("history.json"), root / config.paths.finetune / finetune.RUNS_INDEX]:
+        assert str(root) not in path.read_text(), path
+    for path in (root / "models").rglob("model.pt"):
+        job = torch.load(path, weights_only=True)["job"]
+        assert not any(isinstance(v, str) and v.startswith("/") for v in job.values()), path
