@@ -73,10 +73,16 @@ def reachable_files(modules: Iterable[str], root: Path = ROOT) -> set[Path]:
         if path is None or path in seen:
             continue
         seen.add(path)
-        tree = ast.parse(path.read_text())
-        todo.extend(imported_modules(ast.walk(tree), module_name(path, root),
-                                     path.name == "__init__.py", root))
+        todo.extend(_file_imports(path, path.stat().st_mtime_ns, root))
     return seen
+
+
+@lru_cache(maxsize=None)
+def _file_imports(path: Path, mtime_ns: int, root: Path) -> frozenset[str]:
+    """The package modules one file imports (cached per version of the file)."""
+    del mtime_ns  # part of the cache key: an edited file is parsed again
+    return frozenset(imported_modules(ast.walk(ast.parse(path.read_text())), module_name(path, root),
+                                      path.name == "__init__.py", root))
 
 
 def source_digest(paths: Iterable[Path], root: Path = ROOT) -> str:
@@ -92,3 +98,18 @@ def source_digest(paths: Iterable[Path], root: Path = ROOT) -> str:
 def code_digest(module: str) -> str:
     """Digest of the source of ``module`` and everything it imports from this package."""
     return source_digest(reachable_files({module}))
+
+
+def stage_files(script: Path, root: Path = ROOT) -> list[Path]:
+    """The stage script and every package module it imports (the files under ``root``), sorted."""
+    modules = imported_modules(ast.walk(ast.parse(script.read_text())), root=root)
+    return sorted({script, *reachable_files(modules, root)})
+
+
+def stage_manifest(script: Path, root: Path = ROOT) -> str:
+    """The text of a stage's code manifest: one ``path sha256`` line per file it runs."""
+    lines = [f"# The code stage '{script.stem}' runs: its script and every package module it imports,",
+             "# with their sha256. The stage depends on this file, so it re-runs when one of them changes.",
+             *(f"{path.relative_to(root).as_posix()} {hashlib.sha256(path.read_bytes()).hexdigest()[:16]}"
+               for path in stage_files(script, root))]
+    return "\n".join(lines) + "\n"

@@ -3,13 +3,13 @@
 Two files make up the parameters:
 
 * ``params.yaml``: what a user switches: ``dataset``, ``seed``, ``data``, ``costs``, the fine-tuning
-  sweep (``finetune.methods``, ``finetune.replications``), ``ray`` and ``evaluate``, plus
-  overrides of the recipe: ``baseline.<key>`` and ``finetune.<method>.<key>``, where ``null``
-  means "the recipe's value". ``dvc exp run -S finetune.csada.adv_weight=5`` changes one CSADA
+  sweep (``finetune.methods``, ``finetune.replications``) and ``ray``, plus overrides of the
+  recipe, empty by default: ``baseline.<key>`` and ``finetune.<method>.<key>`` (a ``null`` value
+  keeps the recipe's). ``dvc exp run -S '+finetune.csada.adv_weight=5'`` changes one CSADA
   hyperparameter on top of the recipe of whichever data set is chosen.
 * ``recipes/<dataset>.yaml``: that data set's model and section 5's optimisation and method
-  settings: ``model``, ``model_options``, ``pretrained``, ``costs`` (the default cost matrix, in
-  the shape of params.yaml's ``costs``), ``baseline`` and one section per method.
+  settings: ``model``, ``model_options``, ``pretrained``, ``costs`` (the default kind and its
+  settings), ``evaluate.top_k``, ``split.val_fraction``, ``baseline`` and one section per method.
 
 Valid names come from the registries they name (datasets, models, methods, optimisers, norms, cost
 kinds), so a new entry in a registry is valid here at once. Everything is checked when the files
@@ -49,7 +49,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "normalization": NORMALIZATIONS,
     "pairs": PAIR_MODES,
 }
-RECIPE_KEYS = ("model", "model_options", "pretrained", "costs", "baseline", *FINETUNE_METHODS)
+RECIPE_KEYS = ("model", "model_options", "pretrained", "costs", "split", "evaluate", "baseline", *FINETUNE_METHODS)
 # Settings that decide where and how a run executes, never what it computes: they are not DVC
 # params of any stage, so changing them re-runs nothing.
 EXECUTION_ONLY = frozenset({"ray.address", "ray.cpus_per_worker", "ray.max_concurrent_trials",
@@ -125,12 +125,11 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    root: str = "data/raw"
     source: str | None = None
     download: bool = False
-    val_fraction: float = 0.1
     label_column: str = "label"
     verify_checksums: bool = True  # MNIST/CIFAR-10: check the official md5s
+    val_fraction: float = 0.1  # the recipe's: MNIST/CIFAR-10's validation carve-out
 
 
 @dataclass(frozen=True)
@@ -139,10 +138,9 @@ class CostConfig:
     pareto_shape: float = 1.5
     pareto_scale: float = 1.0
     pareto_seed: int = 0
-    expert_file: str | None = None
+    expert: Mapping[str, Any] = field(default_factory=dict)  # {default, pairs} (section 5.3.4)
     true_class: str | None = None
     predicted_class: str | None = None
-    pair_cost: float = 1.0
     file: str | None = None
 
 
@@ -191,26 +189,25 @@ class Config:
     paths: Paths
 
 
-# Where each Config field comes from: params.yaml keys, and ``recipe:<key>`` for the data set's
-# recipe file. ``config.<field>.<sub>`` reads ``<key>.<sub>`` for a field of one key that is a
-# section (data, ray). The stage-dependency test compares what each stage script reads with the
-# params dvc.yaml declares for it.
+# Where each Config field comes from: params.yaml keys, and ``recipe`` for the data set's recipe
+# file (a file dependency of the stages that read it). ``config.<field>.<sub>`` reads
+# ``<key>.<sub>`` for a field of one key that is a section (data, ray). The stage-dependency test
+# compares what each stage script reads with what dvc.yaml declares for it.
 PARAM_SOURCES: dict[str, tuple[str, ...]] = {
     "dataset": ("dataset",),
     "seed": ("seed",),
     "data": ("data",),
-    "costs": ("costs", "recipe:costs"),
-    "model": ("recipe:model",),
-    "model_options": ("recipe:model_options",),
-    "pretrained": ("recipe:pretrained",),
-    "baseline": ("baseline", "recipe:baseline"),
-    "methods": ("finetune.methods", *(f"finetune.{m}" for m in FINETUNE_METHODS),
-                *(f"recipe:{m}" for m in FINETUNE_METHODS)),
+    "data.val_fraction": ("recipe",),
+    "costs": ("costs", "recipe"),
+    "model": ("recipe",),
+    "model_options": ("recipe",),
+    "pretrained": ("recipe",),
+    "baseline": ("baseline", "recipe"),
+    "methods": ("finetune.methods", *(f"finetune.{m}" for m in FINETUNE_METHODS), "recipe"),
     "replications": ("finetune.replications",),
     "ray": ("ray",),
-    "top_k": ("evaluate.top_k",),
-    "paths.raw": ("dataset", "data.root"),
-    **{f"paths.{name}": ("dataset",) for name in ("manifest", "cost", "baseline", "finetune")},
+    "top_k": ("recipe",),
+    **{f"paths.{name}": ("dataset",) for name in ("raw", "manifest", "cost", "baseline", "finetune")},
     "paths.evaluation": (),
     "paths.report": (),
 }
@@ -241,37 +238,44 @@ def _merged(recipe: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, A
 
 
 def _cost_config(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str) -> CostConfig:
-    allowed = {"kind", "pareto", "expert_file", "single_pair", "file"}
-    _check_keys(recipe, allowed, f"{RECIPE_DIR}/{dataset}.yaml:costs")
-    _check_keys(section, allowed, "costs")
-    # kind "default" (or null) and null settings keep the recipe's (the toy's green -> blue pair).
-    section = _merged(recipe, {**section, "kind": None if section.get("kind") == "default" else section.get("kind")})
-    kind = section.get("kind", "pareto")
+    """params.yaml's ``costs`` (what a user switches: kind, the Pareto draw, a pair, a file) over
+    the recipe's (the default kind and its settings: Pareto shape and scale, the toy's critical
+    pair, PMI's expert pairs)."""
+    where = f"{RECIPE_DIR}/{dataset}.yaml:costs"
+    _check_keys(recipe, {"kind", "pareto", "single_pair", "expert"}, where)
+    _check_keys(section, {"kind", "seed", "pair", "file"}, "costs")
+    kind = section.get("kind") or "default"
+    kind = recipe.get("kind", "pareto") if kind == "default" else kind
     if kind not in COST_KINDS:
         raise _fail("costs.kind", kind, f"valid: default, {', '.join(COST_KINDS)}")
-    pareto = _mapping(section.get("pareto"), "costs.pareto")
-    _check_keys(pareto, {"shape", "scale", "seed"}, "costs.pareto")
-    pair = dict(_mapping(section.get("single_pair"), "costs.single_pair"))
-    _check_keys(pair, {"true_class", "predicted_class", "cost"}, "costs.single_pair")
-    for key in ("shape", "scale"):
-        value = pareto.get(key, 1.5 if key == "shape" else 1.0)
+    pareto = _mapping(recipe.get("pareto"), f"{where}.pareto")
+    _check_keys(pareto, {"shape", "scale"}, f"{where}.pareto")
+    for key, default in (("shape", 1.5), ("scale", 1.0)):
+        value = pareto.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise _fail(f"costs.pareto.{key}", value, "must be a number > 0")
-    if kind == "single_pair" and (pair.get("true_class") is None or pair.get("predicted_class") is None):
-        raise ConfigError("params.yaml: costs.kind = 'single_pair' needs costs.single_pair.true_class and predicted_class")
+            raise _fail(f"{where}.pareto.{key}", value, "must be a number > 0")
+    recipe_pair = _mapping(recipe.get("single_pair"), f"{where}.single_pair")
+    _check_keys(recipe_pair, {"true_class", "predicted_class"}, f"{where}.single_pair")
+    pair = section.get("pair")
+    if pair is None and recipe_pair:
+        pair = [recipe_pair.get("true_class"), recipe_pair.get("predicted_class")]
+    if pair is not None and not (isinstance(pair, list) and len(pair) == 2 and None not in pair):
+        raise _fail("costs.pair", pair, "expected [true class, predicted class]")
+    if kind == "single_pair" and pair is None:
+        raise ConfigError("params.yaml: costs.kind = 'single_pair' needs costs.pair: [true class, predicted class]")
     if kind == "file" and not section.get("file"):
         raise ConfigError("params.yaml: costs.kind = 'file' needs costs.file (a CSV, YAML or JSON cost matrix)")
-    if kind == "expert" and not section.get("expert_file"):
-        raise ConfigError("params.yaml: costs.kind = 'expert' needs costs.expert_file")
+    expert = _mapping(recipe.get("expert"), f"{where}.expert")
+    if kind == "expert" and "pairs" not in expert:
+        raise ConfigError(f"{where}.expert: costs.kind = 'expert' needs the recipe's expert pairs")
     return CostConfig(
         kind=kind,
         pareto_shape=float(pareto.get("shape", 1.5)),
         pareto_scale=float(pareto.get("scale", 1.0)),
-        pareto_seed=_positive_int(pareto.get("seed", 0), "costs.pareto.seed", minimum=0),
-        expert_file=section.get("expert_file"),
-        true_class=None if pair.get("true_class") is None else str(pair["true_class"]),
-        predicted_class=None if pair.get("predicted_class") is None else str(pair["predicted_class"]),
-        pair_cost=float(pair.get("cost", 1.0)),
+        pareto_seed=_positive_int(section.get("seed", 0), "costs.seed", minimum=0),
+        expert=dict(expert),
+        true_class=None if pair is None else str(pair[0]),
+        predicted_class=None if pair is None else str(pair[1]),
         file=section.get("file"),
     )
 
@@ -305,18 +309,19 @@ def _ray_config(section: Mapping[str, Any], available_cpus: int | None) -> RayCo
     )
 
 
-def _data_config(data: Mapping[str, Any], dataset: str) -> DataConfig:
-    _check_keys(data, DataConfig.__dataclass_fields__, "data")
-    val_fraction = data.get("val_fraction", 0.1)
+def _data_config(data: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str) -> DataConfig:
+    _check_keys(data, {"source", "download", "label_column", "verify_checksums"}, "data")
+    split = _mapping(recipe.get("split"), f"{RECIPE_DIR}/{dataset}.yaml:split")
+    _check_keys(split, {"val_fraction"}, f"{RECIPE_DIR}/{dataset}.yaml:split")
+    val_fraction = split.get("val_fraction", 0.1)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise _fail("data.val_fraction", val_fraction, "must be a number in (0, 1)")
+        raise _fail(f"{RECIPE_DIR}/{dataset}.yaml:split.val_fraction", val_fraction, "must be a number in (0, 1)")
     config = DataConfig(
-        root=str(data.get("root", "data/raw")),
         source=data.get("source"),
         download=_bool(data.get("download", False), "data.download"),
-        val_fraction=float(val_fraction),
         label_column=str(data.get("label_column", "label")),
         verify_checksums=_bool(data.get("verify_checksums", True), "data.verify_checksums"),
+        val_fraction=float(val_fraction),
     )
     if DATASETS[dataset].needs_source and config.source is None:
         raise ConfigError(f"params.yaml: dataset = {dataset!r} needs data.source (a local archive, folder or file)")
@@ -365,7 +370,7 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
         params = read_yaml(path, "run from the repository root, or pass the params file")
         recipe_dir = recipe_dir if recipe_dir is not None else path.parent / RECIPE_DIR
     available_cpus = os.cpu_count() if available_cpus is None else available_cpus
-    _check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "ray", "evaluate"}, "<top>")
+    _check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "ray"}, "<top>")
     dataset = params.get("dataset", "digits")
     if dataset not in DATASETS:
         raise _fail("dataset", dataset, f"valid: {', '.join(DATASETS)}")
@@ -379,12 +384,12 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
     baseline, _ = _resolve_training(_mapping(recipe.get("baseline"), f"{RECIPE_DIR}/{dataset}.yaml:baseline"),
                                     _mapping(params.get("baseline"), "baseline"), "baseline", set(OPTIM_KEYS), dataset)
     finetune = _mapping(params.get("finetune"), "finetune")
-    evaluate = _mapping(params.get("evaluate"), "evaluate")
-    _check_keys(evaluate, {"top_k"}, "evaluate")
+    evaluate = _mapping(recipe.get("evaluate"), f"{RECIPE_DIR}/{dataset}.yaml:evaluate")
+    _check_keys(evaluate, {"top_k"}, f"{RECIPE_DIR}/{dataset}.yaml:evaluate")
     return Config(
         dataset=dataset,
         seed=_positive_int(params.get("seed", 0), "seed", minimum=0),
-        data=(data := _data_config(_mapping(params.get("data"), "data"), dataset)),
+        data=_data_config(_mapping(params.get("data"), "data"), recipe, dataset),
         costs=_cost_config(_mapping(params.get("costs"), "costs"),
                            _mapping(recipe.get("costs"), f"{RECIPE_DIR}/{dataset}.yaml:costs"), dataset),
         model=str(model),
@@ -394,9 +399,9 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
         methods=_methods(finetune, recipe, dataset),
         replications=_positive_int(finetune.get("replications", 3), "finetune.replications"),
         ray=_ray_config(_mapping(params.get("ray"), "ray"), available_cpus),
-        top_k=_positive_int(evaluate.get("top_k", 3), "evaluate.top_k"),
+        top_k=_positive_int(evaluate.get("top_k", 3), f"{RECIPE_DIR}/{dataset}.yaml:evaluate.top_k"),
         paths=Paths(
-            raw=Path(data.root) / dataset,
+            raw=Path("data/raw") / dataset,
             manifest=Path("data/split") / f"{dataset}.parquet",
             cost=Path("data/costs") / f"{dataset}.csv",
             baseline=Path("models") / dataset / "baseline",

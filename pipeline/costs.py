@@ -369,9 +369,8 @@ def pair_weights(cost: torch.Tensor, temperature: float) -> torch.Tensor:
 COST_KINDS: dict[str, Callable[[list[str], Any], CostMatrix]] = {
     "pareto": lambda classes, s: CostMatrix.pareto(classes, shape=s.pareto_shape, scale=s.pareto_scale,
                                                    seed=s.pareto_seed),
-    "single_pair": lambda classes, s: CostMatrix.single_pair(classes, s.true_class, s.predicted_class,
-                                                             cost=s.pair_cost),
-    "expert": lambda classes, s: CostMatrix.expert_from_yaml(s.expert_file, classes),
+    "single_pair": lambda classes, s: CostMatrix.single_pair(classes, s.true_class, s.predicted_class),
+    "expert": lambda classes, s: CostMatrix.expert(classes, s.expert["pairs"], default=s.expert.get("default", 1.0)),
     "file": lambda classes, s: CostMatrix.load(s.file),
 }
 

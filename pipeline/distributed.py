@@ -15,33 +15,53 @@ a crashed worker (Ray retries the trial) or by a killed stage.
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from pipeline.checkpoints import RunStore
 from pipeline.config import TRIAL_DRIVER_CPUS, RayConfig
 from pipeline.jobs import TrainJob, run_name
+from pipeline.progress import TrialProgress, quiet_ray_logging, say
 from pipeline.train import train_func
 
 # Ray retries a failed trial (and Ray Train a failed worker group) this often, from the last checkpoint.
 MAX_FAILURES = 2
+# A run saves its state at most this often (and after its last epoch): a killed run loses at most
+# this much training. CSADA_CHECKPOINT_INTERVAL_S changes it (0: after every epoch).
+CHECKPOINT_INTERVAL_S = 60.0
+# Finished runs the current stage does not use are kept in a local ray.storage_path up to this
+# many (the most recently finished); older ones are deleted. CSADA_KEEP_RUNS changes it.
+KEEP_UNUSED_RUNS = int(os.environ.get("CSADA_KEEP_RUNS", "200"))
 
 
-def connect(ray_config: RayConfig) -> None:
+def connect(ray_config: RayConfig, log_file: Path | None = None) -> None:
+    """Join the cluster (once per process); Ray's own messages go to ``log_file``."""
     import ray
 
     # Ray Train's controller polls its workers every 2 s by default and each report waits for
     # that poll: with an epoch of a second or less that would triple the run time. Ray Train
     # forwards this variable from the driver to its controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    # Tune's result loggers (CSV, JSON, TensorBoard per trial) cost time and say nothing that the
+    # runs' own histories do not.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune's newer console output prints its configuration table even when told to be silent.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    if log_file is not None:
+        quiet_ray_logging(log_file)
     if ray.is_initialized():
         return
+    # The workers' output (each epoch's line) stays in Ray's session logs, not on the console.
     if ray_config.address:
-        ray.init(address=ray_config.address, log_to_driver=True)
+        ray.init(address=ray_config.address, log_to_driver=False, logging_level=logging.INFO)
     else:
-        # A local cluster serves this machine only: keep all of its traffic on loopback.
-        ray.init(include_dashboard=False, log_to_driver=True, _node_ip_address="127.0.0.1")
+        # A local cluster serves this machine only: all of its traffic, the dashboard (and the
+        # State API behind it) included, stays on loopback.
+        ray.init(log_to_driver=False, logging_level=logging.INFO, include_dashboard=True,
+                 dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
 
 
 def use_gpu(ray_config: RayConfig) -> bool:
@@ -73,33 +93,54 @@ def run_jobs(jobs: list[TrainJob], ray_config: RayConfig, root: Path, experiment
     storage = storage_root(ray_config, root)
     stores = [RunStore(run_location(storage, job)) for job in jobs]
     pending = [job for job, store in zip(jobs, stores) if not store.finished()]
-    for job, store in zip(jobs, stores):
-        if job not in pending:
-            print(f"[{job.name}] already finished in {store.location}: reusing it", flush=True)
+    if len(pending) < len(jobs):
+        say(f"{experiment}: {len(jobs) - len(pending)} of {len(jobs)} runs finished before: reused")
     if pending:
-        connect(ray_config)
+        log_file = root / "runs" / "logs" / f"{experiment}.log"
+        connect(ray_config, log_file)
         _fit(pending, ray_config, root, storage, experiment)
+    if "://" not in storage:
+        prune_runs(Path(storage), keep={run_name(job) for job in jobs}, limit=KEEP_UNUSED_RUNS)
     return stores
+
+
+def prune_runs(storage: Path, keep: set[str], limit: int) -> list[str]:
+    """Delete the finished run folders beyond the ``limit`` most recently finished, sparing
+    ``keep`` and every unfinished run (it may be resumed). Returns the names deleted."""
+    if not storage.is_dir():
+        return []
+    finished = [d for d in storage.iterdir() if d.name not in keep and (d / "outcome" / "history.json").is_file()]
+    finished.sort(key=lambda d: (d / "outcome" / "history.json").stat().st_mtime, reverse=True)
+    for old in finished[limit:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return [old.name for old in finished[limit:]]
 
 
 def _fit(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str, experiment: str) -> None:
     import ray.tune
 
     gpu = use_gpu(ray_config)
+    if ray_config.use_gpu == "auto" and not gpu:
+        say(f"{experiment}: ray.use_gpu is auto and the cluster has no GPU: training on CPU")
     one_worker = ray_config.num_workers == 1
     resources = ({"CPU": ray_config.cpus_per_worker, "GPU": 1 if gpu else 0} if one_worker
                  else {"CPU": TRIAL_DRIVER_CPUS})
     settings = {"ray": {k: getattr(ray_config, k) for k in RayConfig.__dataclass_fields__},
-                "root": str(root.resolve()), "storage": storage, "use_gpu": gpu}
+                "root": str(root.resolve()), "storage": storage, "use_gpu": gpu,
+                "checkpoint_interval_s": float(os.environ.get("CSADA_CHECKPOINT_INTERVAL_S", CHECKPOINT_INTERVAL_S))}
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(_trial, resources),
         param_space={**settings, "job": ray.tune.grid_search([job.to_dict() for job in jobs])},
         tune_config=ray.tune.TuneConfig(
             max_concurrent_trials=ray_config.max_concurrent_trials,
+            # A trial process that finished its run trains the next one: no new process, no
+            # second import of torch.
+            reuse_actors=True,
             trial_name_creator=lambda trial: trial.config["job"]["name"],
             trial_dirname_creator=lambda trial: trial.config["job"]["name"],
         ),
-        run_config=ray.tune.RunConfig(name=experiment, storage_path=storage, verbose=1,
+        run_config=ray.tune.RunConfig(name=experiment, storage_path=storage, verbose=0,
+                                      callbacks=[TrialProgress(jobs, experiment)],
                                       failure_config=ray.tune.FailureConfig(max_failures=MAX_FAILURES)),
     )
     results = tuner.fit()
@@ -112,8 +153,8 @@ def _trial(settings: dict[str, Any]) -> None:
     """One Tune trial: train its job here, or drive a TorchTrainer for a multi-worker run."""
     job = TrainJob.from_dict(settings["job"])
     ray_config = RayConfig(**settings["ray"])
-    config = {"job": settings["job"], "root": settings["root"],
-              "store": run_location(settings["storage"], job)}
+    config = {"job": settings["job"], "root": settings["root"], "store": run_location(settings["storage"], job),
+              "cpus": ray_config.cpus_per_worker, "checkpoint_interval_s": settings["checkpoint_interval_s"]}
     if ray_config.num_workers == 1:
         train_func({**config, "session": "tune"})
     else:
@@ -136,3 +177,22 @@ def _torch_trainer(job: TrainJob, config: dict[str, Any], ray_config: RayConfig,
                              failure_config=FailureConfig(max_failures=MAX_FAILURES),
                              callbacks=[TuneReportCallback()]),
     )
+
+
+def on_gpu_worker(address: str | None, gpu: str | bool, log_file: Path, fn: Any, *args: Any) -> Any:
+    """``fn(*args, device=...)`` on a GPU worker of the cluster at ``address`` when it has one
+    (and ``gpu`` allows it); otherwise in this process, on its GPU if it has one. Without an
+    address no cluster is started: a local run evaluates where it is."""
+    import torch
+
+    local = "cuda" if torch.cuda.is_available() else "cpu"
+    if not address or gpu is False:
+        return fn(*args, device=local)
+    ray_config = RayConfig(address=address, use_gpu=gpu)
+    connect(ray_config, log_file)
+    if not use_gpu(ray_config):
+        say(f"ray.use_gpu is {gpu} and the cluster has no GPU: evaluating on this machine's {local}")
+        return fn(*args, device=local)
+    import ray
+
+    return ray.get(ray.remote(num_gpus=1)(fn).remote(*args, device="cuda"))

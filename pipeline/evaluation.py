@@ -22,27 +22,29 @@ of :func:`pipeline.metrics.summarize`. A single run (the baseline) has the same 
 ``dvc metrics show/diff``. ``run`` names a run: ``"baseline"``, ``"csada-r0"``, ``"csada-r1"``...
 
 ``metrics_summary(evaluation)`` keeps only the ``summary`` part,
-``{method: {rule: {metric: stats}}}``; that is ``metrics/summary.json``, what
-:mod:`pipeline.report` renders, and what :func:`write_evaluation` returns. DVC shows it as
-dotted keys such as ``csada.argmax.wer.mean``. Undefined values (the error rate of a pair whose
-true class never occurs in the test set) are JSON ``null``.
+``{method: {rule: {metric: stats}}}``: ``summary.json``, what :mod:`pipeline.report` renders.
+Undefined values (the error rate of a pair whose true class never occurs in the test set) are
+JSON ``null``.
 
 Files written by :func:`write_evaluation`, relative to its ``out_dir``
 ----------------------------------------------------------------------
-* ``metrics/summary.json``       the metrics view above (declare as DVC ``metrics``).
+* ``metrics/headline.json``      the DVC metric: for each method and rule the means of WER,
+                                 accuracy, total cost and the top-1 pair error rate (:data:`HEADLINE`).
+* ``summary.json``               ``{"methods": <the summary above>, "recommendation": ...}``: sd,
+                                 intervals, every top-k pair, and the recommended model.
+* ``recommendation.json``        the (method, decision rule) of lowest validation WER (:func:`recommend`),
+                                 alone, for a CI job to gate on.
 * ``tables/evaluation.json``     the whole evaluation: summaries and every run's values.
 * ``tables/pair_errors.csv``     long format, one row per (method, replication, rule, true
   ``tables/pair_errors.parquet`` class, predicted class) over every off-diagonal pair, with
                                  columns :data:`PAIR_COLUMNS`.
 * ``tables/top_pairs.csv``       the same rows restricted to the ``top_k`` costliest pairs.
-* ``plots/confusion/<method>.csv`` ``actual,predicted`` class names, one row per test sample, for
-  the first replication of each method under the argmax rule (DVC template ``confusion``,
-  x: actual, y: predicted).
-* ``plots/val_wer.csv``, ``plots/val_loss.csv``  long format ``epoch,run,<key>`` from the
-  histories (x: epoch, y: the key). Both are always written (header only when no history has
-  the key) so that DVC's declared outputs always exist. ``epoch`` is the history's own value
-  (the runner counts from 0). DVC's built-in ``linear`` template draws one series per file, so
-  separate lines per run need a template that colours by the ``run`` field.
+* ``plots/confusion/baseline.csv``, ``plots/confusion/recommended.csv``  ``actual,predicted``
+  class names, one row per test sample: the baseline under argmax, and the recommended model under
+  its rule with its replications pooled (DVC template ``confusion``).
+* ``plots/baseline_val_loss.csv``, ``plots/finetune_val_wer.csv``  long format
+  ``epoch,run,method,<key>`` from the histories (the baseline selects by validation loss, the
+  fine-tuning runs by validation WER); ``epoch`` counts from 0.
 
 Every file is written atomically and deterministically (sorted JSON keys, no timestamps, rows in
 a fixed order), so an unchanged evaluation leaves DVC's hashes unchanged.
@@ -79,16 +81,23 @@ BASELINE = "baseline"
 RULES: tuple[str, ...] = ("argmax", "expected_cost")
 # Column order of the paper's tables (Sec. 5.2-5.3); methods not listed follow alphabetically.
 METHOD_ORDER: tuple[str, ...] = (BASELINE, "csada", "ap", "sosr", "penalty")
+DISPLAY_NAMES = {"baseline": "Baseline", "csada": "CSADA", "ap": "AP", "sosr": "SOSR", "penalty": "Penalty"}
 CONFUSION_RULE = "argmax"
-HISTORY_KEYS: tuple[str, ...] = ("val_wer", "val_loss")
 STAT_FIELDS: tuple[str, ...] = ("mean", "sd", "lower", "upper", "n")
 
-SUMMARY_FILE = "metrics/summary.json"
+HEADLINE_FILE = "metrics/headline.json"
+SUMMARY_FILE = "summary.json"
+RECOMMENDATION_FILE = "recommendation.json"
+BASELINE_CURVE = "plots/baseline_val_loss.csv"
+FINETUNE_CURVE = "plots/finetune_val_wer.csv"
 EVALUATION_FILE = "tables/evaluation.json"
 PAIR_ERRORS_CSV = "tables/pair_errors.csv"
 PAIR_ERRORS_PARQUET = "tables/pair_errors.parquet"
 TOP_PAIRS_CSV = "tables/top_pairs.csv"
 CONFUSION_DIR = "plots/confusion"
+# The headline metrics (means over replications): what `dvc metrics show/diff` compare.
+HEADLINE: dict[str, str] = {"wer": "wer", "accuracy": "accuracy", "total_cost": "total_cost",
+                            "top1_pair_error": "top1_pair_error_rate"}
 PAIR_COLUMNS: tuple[str, ...] = (
     "method", "replication", "run", "rule", "true_class", "predicted_class",
     "cost", "cost_rank", "errors", "class_count", "rate",
@@ -244,8 +253,15 @@ def summarize_runs(runs: Sequence[RunPredictions], cost: CostMatrix, top_k: int)
 
 
 def metrics_summary(evaluation: Mapping[str, Any]) -> dict[str, Any]:
-    """``{method: {rule: {metric: stats}}}``: the content of ``metrics/summary.json``."""
+    """``{method: {rule: {metric: stats}}}``: the content of ``summary.json``."""
     return {method: entry["summary"] for method, entry in evaluation.items()}
+
+
+def headline_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``{method: {rule: {name: mean}}}`` for the :data:`HEADLINE` metrics: ``metrics/headline.json``."""
+    return {method: {rule: {name: metrics.get(key, {}).get("mean") for name, key in HEADLINE.items()}
+                     for rule, metrics in rules.items()}
+            for method, rules in summary.items()}
 
 
 # ---------------------------------------------------------------------- tables
@@ -306,7 +322,7 @@ def confusion_rows(run: RunPredictions, cost: CostMatrix, rule: str = CONFUSION_
 
 
 def history_table(runs: Iterable[RunPredictions], key: str) -> pd.DataFrame:
-    """Long table ``epoch,run,<key>`` of one history key over every run that logged it."""
+    """Long table ``epoch,run,method,<key>`` of one history key over every run that logged it."""
     records = []
     for run in runs:
         for position, entry in enumerate(run.history or [], start=1):
@@ -319,8 +335,23 @@ def history_table(runs: Iterable[RunPredictions], key: str) -> pd.DataFrame:
             for what, number in (("epoch", epoch), (key, value)):
                 if isinstance(number, bool) or not isinstance(number, (int, float, np.number)):
                     raise EvaluationError(f"{run.name}: history entry {position} has non-numeric {what} {number!r}")
-            records.append((epoch, run.name, float(value)))
-    return pd.DataFrame.from_records(records, columns=["epoch", "run", key])
+            records.append((epoch, run.name, run.method, float(value)))
+    return pd.DataFrame.from_records(records, columns=["epoch", "run", "method", key])
+
+
+def recommend(validation: Mapping[str, Mapping[str, float]], methods: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The (method, decision rule) of lowest mean validation WER over its replications.
+
+    ``validation`` maps a run name to ``{rule: validation WER}``; ``methods`` a method to its run
+    names. The baseline (under either rule) wins every tie, so the recommendation is never worse
+    than the baseline on validation.
+    """
+    means = {(method, rule): float(np.mean([validation[run][rule] for run in runs]))
+             for method, runs in methods.items() for rule in RULES}
+    order = sorted(means, key=lambda pair: (means[pair], pair[0] != BASELINE, RULES.index(pair[1])))
+    method, rule = order[0]
+    return {"method": method, "decision_rule": rule, "val_wer": means[order[0]],
+            "val_wer_by_choice": {f"{m}/{r}": v for (m, r), v in sorted(means.items())}}
 
 
 # ---------------------------------------------------------------------- writers
@@ -353,17 +384,19 @@ def write_parquet(frame: pd.DataFrame, path: str | Path) -> None:
 
 
 def read_summary(path: str | Path) -> dict[str, Any]:
-    """Read ``metrics/summary.json`` back (JSON null stays None)."""
+    """Read ``summary.json`` back (JSON null stays None)."""
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
 
 
 def write_evaluation(
-    runs: Sequence[RunPredictions], cost: CostMatrix, out_dir: str | Path, top_k: int
+    runs: Sequence[RunPredictions], cost: CostMatrix, out_dir: str | Path, top_k: int,
+    validation: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``runs``, write every output listed in the module docstring under ``out_dir``.
 
-    Returns the metrics summary (the content of ``metrics/summary.json``).
+    ``validation`` (run name -> {rule: validation WER}) picks the recommended model (see
+    :func:`recommend`); without it the baseline stands. Returns the summary.
     """
     top_k = check_top_k(top_k, cost)
     out_dir = Path(out_dir)
@@ -374,16 +407,27 @@ def write_evaluation(
     evaluation = _summarize_evaluated(groups, evaluated)
     summary = metrics_summary(evaluation)
     pairs = pair_error_table(groups, evaluated, cost)
-    confusions = {method: confusion_rows(group[0], cost) for method, group in groups.items()}
-    histories = {key: history_table(ordered, key) for key in HISTORY_KEYS}
+    recommendation = (recommend(validation, {m: [r.name for r in g] for m, g in groups.items()})
+                      if validation is not None else {"method": next(iter(groups)), "decision_rule": CONFUSION_RULE})
+    chosen = recommendation["method"]
+    confusions = {
+        "baseline": confusion_rows(groups[BASELINE][0], cost) if BASELINE in groups else None,
+        "recommended": pd.concat([confusion_rows(run, cost, recommendation["decision_rule"]) for run in groups[chosen]],
+                                 ignore_index=True),
+    }
+    curves = {BASELINE_CURVE: history_table([run for run in ordered if run.method == BASELINE], "val_loss"),
+              FINETUNE_CURVE: history_table([run for run in ordered if run.method != BASELINE], "val_wer")}
 
-    write_json(summary, out_dir / SUMMARY_FILE)
+    write_json(headline_metrics(summary), out_dir / HEADLINE_FILE)
+    write_json({"methods": summary, "recommendation": recommendation}, out_dir / SUMMARY_FILE)
+    write_json(recommendation, out_dir / RECOMMENDATION_FILE)
     write_json(evaluation, out_dir / EVALUATION_FILE)
     write_csv(pairs, out_dir / PAIR_ERRORS_CSV)
     write_parquet(pairs, out_dir / PAIR_ERRORS_PARQUET)
     write_csv(top_pair_table(pairs, top_k), out_dir / TOP_PAIRS_CSV)
-    for method, frame in confusions.items():
-        write_csv(frame, out_dir / CONFUSION_DIR / f"{method}.csv")
-    for key, frame in histories.items():
-        write_csv(frame, out_dir / "plots" / f"{key}.csv")
+    for name, frame in confusions.items():
+        if frame is not None:
+            write_csv(frame, out_dir / CONFUSION_DIR / f"{name}.csv")
+    for name, frame in curves.items():
+        write_csv(frame, out_dir / name)
     return summary

@@ -29,23 +29,29 @@ layer and an identity, and put back on exit, even when the body raises.
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections import Counter
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
 
 _FOLDABLE_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
-# Modules whose forward applies bn(conv(x)) and uses conv(x) nowhere else, by attribute name.
-_KNOWN_LAYOUTS: dict[type[nn.Module], tuple[tuple[str, str], ...]] = {
-    torchvision.models.ResNet: (("conv1", "bn1"),),
-    torchvision.models.resnet.BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
-    torchvision.models.resnet.Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
-}
+
+
+def _known_layouts() -> dict[type[nn.Module], tuple[tuple[str, str], ...]]:
+    """Modules whose forward applies bn(conv(x)) and uses conv(x) nowhere else, by attribute name:
+    torchvision's ResNet blocks. A model can only hold them once torchvision is imported, so it is
+    not imported here (it costs seconds)."""
+    resnet = sys.modules.get("torchvision.models.resnet")
+    if resnet is None:
+        return {}
+    return {resnet.ResNet: (("conv1", "bn1"),),
+            resnet.BasicBlock: (("conv1", "bn1"), ("conv2", "bn2")),
+            resnet.Bottleneck: (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"))}
 
 # The input gradient of a convolution with few input channels (an image model's stem) is
 # several times slower from oneDNN than as one matrix product and a col2im (``F.fold``) on
@@ -156,7 +162,7 @@ def _candidate_pairs(module: nn.Module) -> Iterator[tuple[str, str]]:
         keys = list(module._modules)
         yield from zip(keys, keys[1:])
     # Exact types only: a subclass may route its data differently.
-    yield from _KNOWN_LAYOUTS.get(type(module), ())
+    yield from _known_layouts().get(type(module), ())
 
 
 def foldable_pairs(model: nn.Module) -> list[tuple[nn.Module, str, str]]:

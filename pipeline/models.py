@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import ResNet18_Weights, ResNet34_Weights, WeightsEnum
 
 from pipeline.errors import UserError
 from pipeline.pretrained import (
@@ -202,10 +201,16 @@ class CostRegressionModel(nn.Module):
 # torchvision ResNet-18/34 and their pretrained weights
 # --------------------------------------------------------------------------------------------
 
-_RESNETS: dict[int, tuple[Callable[..., torchvision.models.ResNet], WeightsEnum]] = {
-    18: (torchvision.models.resnet18, ResNet18_Weights.IMAGENET1K_V1),
-    34: (torchvision.models.resnet34, ResNet34_Weights.IMAGENET1K_V1),
-}
+RESNET_DEPTHS = (18, 34)
+
+
+def _resnet(depth: int) -> tuple[Callable[..., nn.Module], Any]:
+    """torchvision's constructor of ResNet-``depth`` and its ImageNet weights (torchvision is
+    imported here, not with this module: it costs seconds, and most runs never build a ResNet)."""
+    import torchvision
+
+    weights = {18: torchvision.models.ResNet18_Weights, 34: torchvision.models.ResNet34_Weights}[depth]
+    return getattr(torchvision.models, f"resnet{depth}"), weights.IMAGENET1K_V1
 
 
 def _kaiming_conv(in_channels: int, kernel_size: int, stride: int) -> nn.Conv2d:
@@ -224,7 +229,7 @@ def build_resnet(
     small_input: bool = False,
     pretrained: bool = False,
     allow_download: bool = False,
-) -> torchvision.models.ResNet:
+) -> nn.Module:
     """torchvision's ResNet-``depth`` (18 or 34) with a ``num_classes``-way final layer.
 
     ``small_input`` swaps the ImageNet stem (7x7 stride-2 conv, then max-pool) for a 3x3 stride-1
@@ -236,14 +241,14 @@ def build_resnet(
     freshly initialised (section 5.3.3 replaces it too), and so is the first conv whenever the
     stem or ``in_channels`` changes: its pretrained kernel no longer fits.
     """
-    if depth not in _RESNETS:
-        raise ModelConfigError(f"ResNet depth must be one of {sorted(_RESNETS)}, got {depth!r}")
+    if depth not in RESNET_DEPTHS:
+        raise ModelConfigError(f"ResNet depth must be one of {list(RESNET_DEPTHS)}, got {depth!r}")
     _check_positive_int("num_classes", num_classes)
     _check_positive_int("in_channels", in_channels)
     _check_bool("small_input", small_input)
     _check_bool("pretrained", pretrained)
     _check_bool("allow_download", allow_download)
-    constructor, weights = _RESNETS[depth]
+    constructor, weights = _resnet(depth)
     # Read the weights before building: a missing file then fails before any expensive work.
     state = None
     if pretrained:
@@ -289,7 +294,8 @@ def classifier_head(model: nn.Module) -> nn.Linear:
         return model.cost_layer
     if isinstance(model, (ToyMLP, SmallCNN, ResNet9)):
         return model.head
-    if isinstance(model, torchvision.models.ResNet):
+    resnet = sys.modules.get("torchvision.models.resnet")  # a model can hold one only once imported
+    if resnet is not None and isinstance(model, resnet.ResNet):
         return model.fc
     raise ModelConfigError(
         f"no known classifier head for {type(model).__name__}; supported: ToyMLP, SmallCNN, "

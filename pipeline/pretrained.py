@@ -13,10 +13,14 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from typing import TYPE_CHECKING
+
 import torch
-from torchvision.models import WeightsEnum
 
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:  # torchvision costs seconds to import; only annotations need it here
+    from torchvision.models import WeightsEnum
 
 
 class PretrainedWeightsUnavailable(UserError):

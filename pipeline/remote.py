@@ -352,6 +352,22 @@ def ray_worker_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return {key: environ[key] for key in AWS_ENV_VARS if environ.get(key)}
 
 
+def repro_and_push(repo_dir: str | os.PathLike[str] = ".") -> int:
+    """``dvc repro``, then ``dvc push`` to the default remote: for a cluster job, whose workspace,
+    ``dvc.lock`` and cache vanish with the cluster. Without a default remote it says that the
+    results stay only where the job wrote them. Returns ``dvc repro``'s exit status."""
+    repro = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo_dir, check=False)
+    if repro.returncode != 0:
+        return repro.returncode
+    from dvc.config import Config
+
+    if Config(dvc_dir=_dvc_dir(repo_dir)).get("core", {}).get("remote") is None:
+        print("warning: no default DVC remote: the results stay only in this workspace "
+              "(`python -m pipeline.remote configure` adds one)", file=sys.stderr)
+        return 0
+    return subprocess.run([sys.executable, "-m", "dvc", "push"], cwd=repo_dir, check=False).returncode
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.remote", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -367,9 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     uri.add_argument("--url", required=True, help="s3://bucket[/prefix]")
     uri.add_argument("--endpoint-url")
     uri.add_argument("--region")
-    for sub in (configure, check):
+    job = commands.add_parser("repro", help="dvc repro, then dvc push to the default remote (a cluster job)")
+    for sub in (configure, check, job):
         sub.add_argument("--repo", default=".", help="the DVC repository (default: .)")
     args = parser.parse_args(argv)
+    if args.command == "repro":
+        return repro_and_push(args.repo)
     try:
         if args.command == "configure":
             configure_remote(args.repo, args.name, args.url, endpoint_url=args.endpoint_url, region=args.region,

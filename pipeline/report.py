@@ -1,7 +1,7 @@
 """A readable Markdown report and a one-screen text summary of an evaluation.
 
 Both take the metrics summary that :func:`pipeline.evaluation.write_evaluation` returns and
-writes to ``metrics/summary.json`` (``{method: {rule: {metric: {mean, sd, lower, upper, n}}}}``).
+writes to ``summary.json`` under ``methods`` (``{method: {rule: {metric: {mean, sd, lower, upper, n}}}}``).
 The tables follow the layout of the paper's Tables 3-7: methods as columns (Baseline, CSADA,
 AP, SOSR, Penalty, then any others), rows WER, total cost, the error rates of the costliest
 pairs and overall accuracy, each cell ``mean (sd)`` over replications.
@@ -19,11 +19,10 @@ import numpy as np
 from pipeline.costs import CostMatrix
 from pipeline.decision import DECISION_RULES
 from pipeline.errors import UserError
-from pipeline.evaluation import SUMMARY_FILE, ordered_methods
+from pipeline.evaluation import DISPLAY_NAMES, SUMMARY_FILE, ordered_methods
 from pipeline.fileio import atomic_write_bytes
 from pipeline.metrics import Summary, check_top_k, format_mean_sd
 
-DISPLAY_NAMES = {"baseline": "Baseline", "csada": "CSADA", "ap": "AP", "sosr": "SOSR", "penalty": "Penalty"}
 RULE_TITLES = {
     "argmax": "argmax (predict the highest-scoring class)",
     "expected_cost": "expected cost (predict the class with the least expected cost under the softmax)",
@@ -174,7 +173,7 @@ def render_report(
         "Each cell is the mean over replications with the sample standard deviation in brackets; "
         "a method run once shows its single value. n/a marks a value that is undefined, such as "
         "the error rate of a pair whose true class has no test samples. "
-        f"The 90% prediction intervals of every number are in `{SUMMARY_FILE}` "
+        f"The 90% prediction intervals of every number are in `results/{SUMMARY_FILE}` "
         "(keys `lower` and `upper`).",
     ]
     if extra:
@@ -250,9 +249,5 @@ def one_screen_summary(
         lines.append(_fit(f"top-1 pair (true -> predicted): {_pair_label(cost, i, j)}, cost {cost.values[i, j]:.3g}",
                           SCREEN_WIDTH))
     if paths:
-        lines.append("outputs:")
-        label_width = min(max(len(str(k)) for k in paths), 24)
-        for label, path in paths.items():
-            label = str(label)[:label_width]
-            lines.append(f"  {label:<{label_width}}  {_fit(str(path), SCREEN_WIDTH - label_width - 4)}")
+        lines.append(_fit("outputs: " + ", ".join(f"{label} {path}" for label, path in paths.items()), SCREEN_WIDTH))
     return "\n".join(lines) + "\n"

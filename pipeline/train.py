@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.checkpoints import MODEL_FILE, RunStore, load_checkpoint, load_model_state
 from pipeline.costs import CostMatrix
+from pipeline.datasets import ArrayDataset
 from pipeline.jobs import TrainJob
 from pipeline.methods import MethodContext, TrainingMethod, build_method
 from pipeline.models import (
@@ -181,7 +182,15 @@ class Progress:
                          "model": {k: v.detach().clone() for k, v in model_state.items()}}
 
 
-def build_run(job: TrainJob, root: Path, session: Session) -> Run:
+def loader_options(dataset: Any, cpus: float, device: torch.device) -> dict[str, Any]:
+    """DataLoader options from the worker's share of the machine: the CPUs besides the one that
+    trains decode and augment images in worker processes, and batches for a GPU are pinned.
+    In-memory tensors (toy, digits, tables) need no workers."""
+    workers = 0 if isinstance(dataset, ArrayDataset) else max(0, int(cpus) - 1)
+    return {"num_workers": workers, "persistent_workers": workers > 0, "pin_memory": device.type == "cuda"}
+
+
+def build_run(job: TrainJob, root: Path, session: Session, cpus: float = 1.0) -> Run:
     optim = OptimConfig(**job.optim)
     # The global seed first: model initialisation and dropout draw from it.
     torch.manual_seed(job.seed)
@@ -202,11 +211,13 @@ def build_run(job: TrainJob, root: Path, session: Session) -> Run:
         load_model_state(model, load_checkpoint(init), job.init_checkpoint)
     model = method.prepare_model(model)
     head = classifier_head(model)
+    loading = loader_options(data.split("train"), cpus, session.device)
     train_loader = session.prepare_loader(DataLoader(
         data.split("train"), batch_size=optim.batch_size, shuffle=True, generator=generator, drop_last=False,
+        **loading,
     ))
     # Every rank validates on the whole validation split: no sharding, identical numbers on all ranks.
-    val_loader = DataLoader(data.split("val"), batch_size=max(optim.batch_size, 256), shuffle=False)
+    val_loader = DataLoader(data.split("val"), batch_size=max(optim.batch_size, 256), shuffle=False, **loading)
     model = session.prepare_model(model)
     optimizer = make_optimizer(model.parameters(), optim)
     return Run(job=job, optim=optim, session=session, model=model, method=method, cost=cost,
@@ -295,7 +306,7 @@ def train_func(config: dict[str, Any], session: Session | None = None) -> None:
     job = TrainJob.from_dict(config["job"])
     session = session or open_session(config.get("session", "local"), config.get("device"))
     store = RunStore(config["store"])
-    run = build_run(job, Path(config.get("root", ".")), session)
+    run = build_run(job, Path(config.get("root", ".")), session, cpus=float(config.get("cpus", 1)))
     progress = restore(run, store.load_state())
     interval = float(config.get("checkpoint_interval_s", 0))
     saved = time.monotonic()

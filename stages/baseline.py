@@ -5,8 +5,10 @@ with model.pt (the selected weights and the job that trained them) and history.j
 """
 
 import dataclasses
+import json
 from pathlib import Path
 
+from pipeline.checkpoints import HISTORY_FILE
 from pipeline.config import Config
 from pipeline.distributed import run_jobs
 from pipeline.fileio import fresh_dir, replace_dir
@@ -36,15 +38,15 @@ def baseline_job(config: Config) -> TrainJob:
     )
 
 
-def main(config: Config) -> None:
+def main(config: Config) -> str:
     job = baseline_job(config)
-    print(f"baseline: {config.model} on {config.dataset}, {config.baseline.epochs} epochs, "
-          f"{config.ray.num_workers} worker(s)", flush=True)
-    [store] = run_jobs([job], config.ray, Path.cwd(), experiment=f"{config.dataset}-baseline")
+    [store] = run_jobs([job], config.ray, Path.cwd(), experiment="baseline")
     staging = Path(fresh_dir(config.paths.baseline.with_name(f".{config.paths.baseline.name}.partial")))
     store.copy_outcome(staging)
     replace_dir(staging, config.paths.baseline)
-    print(f"baseline: selected by validation loss -> {config.paths.baseline}/model.pt")
+    best = json.loads((config.paths.baseline / HISTORY_FILE).read_text())["best_epoch"]
+    return (f"{config.model} on {config.dataset}, epoch {best + 1} of {config.baseline.epochs} selected by "
+            f"validation loss -> {config.paths.baseline}")
 
 
 if __name__ == "__main__":

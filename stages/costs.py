@@ -6,13 +6,13 @@ from pipeline.prepare import manifest_classes, read_manifest
 from pipeline.stage import run_stage
 
 
-def main(config: Config) -> None:
+def main(config: Config) -> str:
     classes = manifest_classes(read_manifest(config.paths.manifest))
     cost = build_cost_matrix(config.costs, classes)
     config.paths.cost.parent.mkdir(parents=True, exist_ok=True)
     cost.save(config.paths.cost)
     top = ", ".join(f"{a} -> {b}" for a, b in cost.top_pairs(min(3, len(classes) * (len(classes) - 1))))
-    print(f"costs: {config.costs.kind} matrix over {len(classes)} classes in {config.paths.cost}; costliest: {top}")
+    return f"{config.costs.kind} matrix over {len(classes)} classes in {config.paths.cost}; costliest: {top}"
 
 
 if __name__ == "__main__":

@@ -1,27 +1,41 @@
 """DVC stage 'evaluate': every trained model on the test split, under every decision rule.
 
 The models are the baseline and the runs listed in models/<dataset>/finetune/runs.json; each is
-rebuilt from the job its model.pt records. Writes the DVC metrics, tables and plots of
-pipeline.evaluation.write_evaluation.
+rebuilt from the job its model.pt records, and also scored on the validation split to choose the
+recommended model. Writes the DVC metrics, tables and plots of pipeline.evaluation.write_evaluation
+and the PNG figures of pipeline.figures.
 """
 
 import json
 from pathlib import Path
 
-import torch
+import pandas as pd
 from torch.utils.data import DataLoader
 
 from pipeline.checkpoints import HISTORY_FILE
 from pipeline.config import Config
 from pipeline.costs import CostMatrix
 from pipeline.datasets import ClassificationData
-from pipeline.evaluation import RunPredictions, write_evaluation
+from pipeline.distributed import on_gpu_worker
+from pipeline.evaluation import (
+    BASELINE_CURVE,
+    CONFUSION_DIR,
+    DISPLAY_NAMES,
+    FINETUNE_CURVE,
+    SUMMARY_FILE,
+    RunPredictions,
+    evaluate_run,
+    ordered_methods,
+    write_evaluation,
+)
+from pipeline.figures import confusion_figure, curves_figure, wer_figure
 from pipeline.jobs import TrainJob
 from pipeline.prepare import load_prepared
 from pipeline.stage import run_stage
 from pipeline.train import predict_logits, trained_model
 
 RUNS_INDEX = "runs.json"  # written by the finetune stage
+FIGURES = "figures"
 
 
 def trained_runs(baseline: Path, finetune: Path) -> list[tuple[str, int | None, Path]]:
@@ -31,10 +45,10 @@ def trained_runs(baseline: Path, finetune: Path) -> list[tuple[str, int | None, 
                                              for run in index]
 
 
-def test_predictions(runs: list[tuple[str, int | None, Path]], data: ClassificationData, cost: CostMatrix,
-                     device: str = "cpu") -> list[RunPredictions]:
-    """Each run's outputs on the test split, with its history."""
-    loader = DataLoader(data.split("test"), batch_size=256, shuffle=False)
+def split_predictions(runs: list[tuple[str, int | None, Path]], data: ClassificationData, cost: CostMatrix,
+                      split: str, device: str = "cpu") -> list[RunPredictions]:
+    """Each run's outputs on one split (``test`` for the report, ``val`` for choosing), with its history."""
+    loader = DataLoader(data.split(split), batch_size=256, shuffle=False)
     predictions = []
     for method, replication, directory in runs:
         model = trained_model(directory, data, cost.as_tensor())
@@ -42,19 +56,53 @@ def test_predictions(runs: list[tuple[str, int | None, Path]], data: Classificat
         history = json.loads((directory / HISTORY_FILE).read_text())["history"]
         predictions.append(RunPredictions(method=method, replication=replication, logits=logits,
                                           labels=labels, history=history))
-        print(f"evaluate: {directory.name}: test accuracy {(logits.argmax(1) == labels).float().mean():.4f}")
     return predictions
 
 
-def main(config: Config) -> None:
-    runs = trained_runs(config.paths.baseline, config.paths.finetune)
-    job = TrainJob.from_dict(json.loads((config.paths.baseline / HISTORY_FILE).read_text())["job"])
+def validation_wer(predictions: list[RunPredictions], cost: CostMatrix) -> dict[str, dict[str, float]]:
+    """Run name -> {decision rule: WER on the validation split}."""
+    return {run.name: {rule: metrics["wer"] for rule, metrics in evaluate_run(run, cost, top_k=0).items()}
+            for run in predictions}
+
+
+def predict(baseline: Path, finetune: Path, cost_file: Path, device: str = "cpu"):
+    """Every run's test predictions and validation WERs (a GPU worker may run this)."""
+    runs = trained_runs(baseline, finetune)
+    job = TrainJob.from_dict(json.loads((baseline / HISTORY_FILE).read_text())["job"])
     data = load_prepared(job.dataset, Path(job.raw_dir), Path(job.manifest), augment=False,
                          label_column=job.label_column)
-    cost = CostMatrix.load(config.paths.cost)
+    cost = CostMatrix.load(cost_file)
     cost.check_classes(data.classes)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    write_evaluation(test_predictions(runs, data, cost, device), cost, config.paths.evaluation, top_k=config.top_k)
+    predictions = split_predictions(runs, data, cost, "test", device)
+    return predictions, validation_wer(split_predictions(runs, data, cost, "val", device), cost)
+
+
+def draw_figures(results: Path, cost: CostMatrix) -> None:
+    """results/figures/{wer,confusion,curves}.png from what write_evaluation wrote."""
+    summary = json.loads((results / SUMMARY_FILE).read_text())
+    methods, chosen = summary["methods"], summary["recommendation"]
+    name = f"{DISPLAY_NAMES.get(chosen['method'], chosen['method'])}, {chosen['decision_rule']}"
+    wer_figure(methods, ordered_methods(methods), DISPLAY_NAMES, results / FIGURES / "wer.png")
+    baseline = pd.read_csv(results / CONFUSION_DIR / "baseline.csv", dtype=str)
+    recommended = pd.read_csv(results / CONFUSION_DIR / "recommended.csv", dtype=str)
+    pooled = len(recommended) // len(baseline)
+    confusion_figure([("Baseline (argmax)", baseline),
+                      (f"Recommended on validation: {name}" + (f" ({pooled} replications pooled)" if pooled > 1 else ""),
+                       recommended)],
+                     cost.classes, cost.values, results / FIGURES / "confusion.png")
+    curves_figure(pd.read_csv(results / BASELINE_CURVE), pd.read_csv(results / FINETUNE_CURVE), DISPLAY_NAMES,
+                  results / FIGURES / "curves.png")
+
+
+def main(config: Config) -> str:
+    root = Path.cwd()
+    predictions, validation = on_gpu_worker(
+        config.ray.address, config.ray.use_gpu, root / "runs" / "logs" / "evaluate.log", predict,
+        root / config.paths.baseline, root / config.paths.finetune, root / config.paths.cost)
+    cost = CostMatrix.load(config.paths.cost)
+    write_evaluation(predictions, cost, config.paths.evaluation, top_k=config.top_k, validation=validation)
+    draw_figures(config.paths.evaluation, cost)
+    return f"{len(predictions)} models on {len(predictions[0].labels)} test samples -> {config.paths.evaluation}"
 
 
 if __name__ == "__main__":

@@ -5,12 +5,12 @@ from pipeline.prepare import fetch_dataset
 from pipeline.stage import run_stage
 
 
-def main(config: Config) -> None:
+def main(config: Config) -> str:
     summary = fetch_dataset(
         config.dataset, config.paths.raw, source=config.data.source, download=config.data.download,
         seed=config.seed, label_column=config.data.label_column, verify_checksums=config.data.verify_checksums,
     )
-    print(f"fetch: {config.dataset} ready in {config.paths.raw} ({summary['num_samples']} samples)")
+    return f"{config.dataset} ready in {config.paths.raw} ({summary['num_samples']} samples)"
 
 
 if __name__ == "__main__":

@@ -49,18 +49,17 @@ def finetune_jobs(config: Config) -> list[TrainJob]:
     ]
 
 
-def main(config: Config) -> None:
+def main(config: Config) -> str:
     jobs = finetune_jobs(config)
-    print(f"finetune: {len(jobs)} runs ({', '.join(m.name for m in config.methods)} x "
-          f"{config.replications} replications) as one Ray Tune sweep", flush=True)
-    stores = run_jobs(jobs, config.ray, Path.cwd(), experiment=f"{config.dataset}-finetune")
+    stores = run_jobs(jobs, config.ray, Path.cwd(), experiment="finetune")
     staging = Path(fresh_dir(config.paths.finetune.with_name(f".{config.paths.finetune.name}.partial")))
     for job, store in zip(jobs, stores):
         store.copy_outcome(staging / job.name)
     index = [{"name": job.name, "method": job.method, "replication": job.replication} for job in jobs]
     atomic_write_text(staging / RUNS_INDEX, json.dumps(index, indent=1) + "\n")
     replace_dir(staging, config.paths.finetune)
-    print(f"finetune: {len(jobs)} models in {config.paths.finetune}")
+    return (f"{len(jobs)} runs ({', '.join(m.name for m in config.methods)} x {config.replications}), "
+            f"each at its best epoch by validation WER -> {config.paths.finetune}")
 
 
 if __name__ == "__main__":

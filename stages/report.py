@@ -4,26 +4,28 @@ import json
 
 from pipeline.config import Config
 from pipeline.costs import CostMatrix
-from pipeline.evaluation import SUMMARY_FILE
+from pipeline.evaluation import DISPLAY_NAMES, SUMMARY_FILE
 from pipeline.methods import METHODS
 from pipeline.report import one_screen_summary, render_report, write_report
 from pipeline.stage import run_stage
 
 
-def main(config: Config) -> None:
-    summary = json.loads((config.paths.evaluation / SUMMARY_FILE).read_text())
+def main(config: Config) -> str:
+    results = config.paths.evaluation
+    summary = json.loads((results / SUMMARY_FILE).read_text())
+    methods, recommendation = summary["methods"], summary["recommendation"]
     cost = CostMatrix.load(config.paths.cost)
-    text = render_report(summary, cost, dataset=config.dataset, top_k=config.top_k,
+    text = render_report(methods, cost, dataset=config.dataset, top_k=config.top_k,
                          extra={"replications": config.replications, "model": config.model},
                          score_notes={name: spec.scores_note for name, spec in METHODS.items() if spec.scores_note})
     write_report(text, config.paths.report)
-    print(one_screen_summary(summary, cost, dataset=config.dataset, top_k=config.top_k, paths={
+    print(one_screen_summary(methods, cost, dataset=config.dataset, top_k=config.top_k, paths={
         "report": str(config.paths.report),
-        "metrics": str(config.paths.evaluation / "metrics"),
-        "tables": str(config.paths.evaluation / "tables"),
-        "plots": str(config.paths.evaluation / "plots"),
-        "models": str(config.paths.baseline.parent),
-    }))
+        "figures": str(results / "figures"),
+        "all numbers": str(results / SUMMARY_FILE),
+    }), end="")
+    chosen = f"{DISPLAY_NAMES.get(recommendation['method'], recommendation['method'])}, {recommendation['decision_rule']}"
+    return f"recommended on validation: {chosen} -> {config.paths.report}"
 
 
 if __name__ == "__main__":

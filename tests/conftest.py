@@ -108,6 +108,9 @@ def tiny_repository(destination: Path, ray_address: str, finetune_epochs: int = 
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
         "RAY_ADDRESS": ray_address,
+        # The copy's own code runs (not the checkout's the venv installed): an edit there counts.
+        "PYTHONPATH": str(destination),
+        "CSADA_CHECKPOINT_INTERVAL_S": "0",  # a checkpoint after every epoch: the kill tests wait for them
         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
     }

@@ -4,7 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.attacks import AttackOutcome, L2Ball, LinfBall, frozen_for_attack, targeted_attack
+from pipeline.attacks import (
+    AttackOutcome,
+    L2Ball,
+    LinfBall,
+    frozen_for_attack,
+    targeted_attack,
+)
 
 
 def linear_model(weight, bias) -> nn.Linear:
@@ -170,12 +176,16 @@ def test_attack_leaves_the_model_as_it_found_it():
 
 
 def test_flags_are_restored_even_when_the_model_raises():
+    torch.manual_seed(0)
     model = _Flaky()
+    x = torch.randn(4, 2)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)  # every sample correctly classified: the attack takes a step
     model.train()
-    model.fail_on = 2
+    model.calls, model.fail_on = 0, 2  # the forward of the first step raises
     before = _state(model)
     with pytest.raises(RuntimeError, match="boom"):
-        targeted_attack(model, torch.randn(4, 2), torch.zeros(4, dtype=torch.long), 1, eps=1.0, steps=3, step_size=1.0)
+        targeted_attack(model, x, y, (y + 1) % 3, eps=1.0, steps=3, step_size=1.0)
     assert _state(model)[:2] == before[:2]
 
 

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.checkpoints import (CheckpointError, RunStore, load_checkpoint, load_model_state,
-                                  save_checkpoint)
+from pipeline.checkpoints import (
+    CheckpointError,
+    RunStore,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 
 STATE = {"model": {"weight": torch.arange(6.0).reshape(2, 3), "bias": torch.zeros(2)}, "epoch": 4}
 

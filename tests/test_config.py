@@ -59,6 +59,22 @@ def test_dataset_switch_takes_that_datasets_recipe():
     assert mnist.paths.raw == Path("data/raw/mnist")
 
 
+def test_recipe_settings_that_moved_out_of_params_are_validated_there():
+    with pytest.raises(ConfigError, match=r"recipes/digits.yaml:split.val_fraction = 1.5 is invalid"):
+        load(params(), recipe={**DIGITS, "split": {"val_fraction": 1.5}})
+    with pytest.raises(ConfigError, match=r"recipes/digits.yaml:evaluate.top_k = 0 is invalid"):
+        load(params(), recipe={**DIGITS, "evaluate": {"top_k": 0}})
+    with pytest.raises(ConfigError, match=r"recipes/digits.yaml:costs.pareto.shape = 0 is invalid"):
+        load(params(), recipe={**DIGITS, "costs": {"kind": "pareto", "pareto": {"shape": 0}}})
+    pmi = load(params(dataset="pmi", data__source="archive.zip"))
+    assert pmi.costs.kind == "expert" and len(pmi.costs.expert["pairs"]) == 4
+
+
+def test_a_pair_in_params_replaces_the_recipes():
+    config = load(params(dataset="toy", costs__pair=["red", "blue"]))
+    assert (config.costs.true_class, config.costs.predicted_class) == ("red", "blue")
+
+
 def test_toy_uses_its_critical_pair():
     config = load(params(dataset="toy"))
     assert (config.costs.kind, config.costs.true_class, config.costs.predicted_class) == ("single_pair", "green", "blue")
@@ -86,12 +102,13 @@ def test_toy_uses_its_critical_pair():
         (dict(ray__num_workers=0), r"ray.num_workers = 0 is invalid"),
         (dict(ray__use_gpu="maybe"), r"ray.use_gpu = 'maybe' is invalid; valid: auto, true, false"),
         (dict(costs__kind="random"), r"costs.kind = 'random' is invalid"),
-        (dict(costs__kind="single_pair"), r"needs costs.single_pair.true_class"),
+        (dict(costs__kind="single_pair"), r"costs.kind = 'single_pair' needs costs.pair: \[true class, predicted class\]"),
+        (dict(costs__pair=["a"]), r"costs.pair = \['a'\] is invalid; expected \[true class, predicted class\]"),
         (dict(costs__kind="file"), r"needs costs.file"),
-        (dict(costs__pareto={"shape": 0}), r"costs.pareto.shape = 0 is invalid"),
-        (dict(data__val_fraction=1.5), r"data.val_fraction = 1.5 is invalid"),
+        (dict(costs__seed=-2), r"costs.seed = -2 is invalid"),
+        (dict(data__root="elsewhere"), r"unknown key data.root"),
         (dict(dataset="table"), r"dataset = 'table' needs data.source"),
-        (dict(evaluate__top_k=0), r"evaluate.top_k = 0 is invalid"),
+        (dict(evaluate={"top_k": 3}), r"unknown key <top>.evaluate"),
         (dict(seed=-1), r"seed = -1 is invalid"),
         (dict(learning_rate=1), r"unknown key <top>.learning_rate"),
     ],

@@ -16,17 +16,39 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.datasets import (DATASETS, TOY_CLASSES, TOY_COVARIANCE, TOY_MEANS, ArrayDataset,
-                               ClassificationData, DatasetError, DatasetMissingError,
-                               Normalization, TransformedSubset, load_dataset, load_digits,
-                               load_toy, stratified_split)
 import pipeline.datasets
-from pipeline.datasets import cifar10, mnist, pmi, tables, vision
+from pipeline.datasets import (
+    DATASETS,
+    TOY_CLASSES,
+    TOY_COVARIANCE,
+    TOY_MEANS,
+    ArrayDataset,
+    ClassificationData,
+    DatasetError,
+    DatasetMissingError,
+    Normalization,
+    TransformedSubset,
+    cifar10,
+    load_dataset,
+    load_digits,
+    load_toy,
+    mnist,
+    pmi,
+    stratified_split,
+    tables,
+    vision,
+)
 from pipeline.datasets.common import check_indices
-
-from tests.fakes import (CIFAR_NAMES, NDCS, pill_image, png_bytes, write_fake_cifar,
-                   write_fake_cifar_archive, write_fake_mnist, write_pill_tree)
-
+from tests.fakes import (
+    CIFAR_NAMES,
+    NDCS,
+    pill_image,
+    png_bytes,
+    write_fake_cifar,
+    write_fake_cifar_archive,
+    write_fake_mnist,
+    write_pill_tree,
+)
 
 # ---------------------------------------------------------------- common
 

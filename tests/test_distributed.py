@@ -40,3 +40,18 @@ def test_finished_runs_are_reused_without_starting_ray(tmp_path):
     [store] = run_jobs([job], ray_config, tmp_path, experiment="reuse")
     assert store.finished() and store.location == location
     assert not ray.is_initialized()  # nothing to train: no cluster was started
+
+
+def test_old_finished_runs_are_pruned_and_unfinished_or_used_ones_kept(tmp_path):
+    import os
+
+    from pipeline.distributed import prune_runs
+
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        (tmp_path / name / "outcome").mkdir(parents=True)
+        (tmp_path / name / "outcome" / "history.json").write_text("{}")
+        os.utime(tmp_path / name / "outcome" / "history.json", (1000 + i, 1000 + i))  # a oldest, d newest
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished" / "checkpoint.pt").write_bytes(b"x")
+    assert prune_runs(tmp_path, keep={"a"}, limit=1) == ["c", "b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "d", "unfinished"]

@@ -15,6 +15,7 @@ from pipeline.evaluation import (
     metrics_summary,
     ordered_methods,
     read_summary,
+    recommend,
     summarize_runs,
     write_evaluation,
 )
@@ -84,8 +85,14 @@ def test_summary_numbers_by_hand_for_two_replications():
 
 def test_written_summary_and_full_evaluation(tmp_path):
     summary = write_evaluation(RUNS, COST, tmp_path, top_k=2)
-    on_disk = read_summary(tmp_path / "metrics/summary.json")
+    on_disk = read_summary(tmp_path / "summary.json")["methods"]
     assert on_disk == summary
+    headline = json.loads((tmp_path / "metrics/headline.json").read_text())
+    assert headline["csada"]["argmax"] == {"wer": summary["csada"]["argmax"]["wer"]["mean"],
+                                           "accuracy": summary["csada"]["argmax"]["accuracy"]["mean"],
+                                           "total_cost": summary["csada"]["argmax"]["total_cost"]["mean"],
+                                           "top1_pair_error": summary["csada"]["argmax"]["top1_pair_error_rate"]["mean"]}
+    assert sum(len(metrics) for rules in headline.values() for metrics in rules.values()) == 2 * 2 * 4
     assert set(on_disk) == {"baseline", "csada"}
     assert set(on_disk["csada"]) == {"argmax", "expected_cost"}
     assert set(on_disk["csada"]["argmax"]["wer"]) == {"mean", "sd", "lower", "upper", "n"}
@@ -117,29 +124,49 @@ def test_pair_tables_parse_back(tmp_path):
     assert first["rate"].tolist() == [1.0, 0.5]
 
 
-def test_confusion_csv_one_row_per_sample_with_names(tmp_path):
-    write_evaluation(RUNS, COST, tmp_path, top_k=2)
-    conf = pd.read_csv(tmp_path / "plots/confusion/csada.csv")
+def test_confusion_csvs_of_the_baseline_and_the_recommended_model(tmp_path):
+    # csada's replications have the lowest validation WER under argmax: it is recommended.
+    validation = {"baseline": {"argmax": 0.5, "expected_cost": 0.5}, "csada-r0": {"argmax": 0.2, "expected_cost": 0.6},
+                  "csada-r1": {"argmax": 0.3, "expected_cost": 0.6}}
+    write_evaluation(RUNS, COST, tmp_path, top_k=2, validation=validation)
+    recommendation = json.loads((tmp_path / "recommendation.json").read_text())
+    assert (recommendation["method"], recommendation["decision_rule"]) == ("csada", "argmax")
+    assert recommendation["val_wer"] == pytest.approx(0.25)
+    conf = pd.read_csv(tmp_path / "plots/confusion/recommended.csv")
     assert list(conf.columns) == ["actual", "predicted"]
-    # First replication (r0, MIXED) under argmax: predictions a, c, b, a.
-    assert conf.values.tolist() == [["a", "a"], ["a", "c"], ["b", "b"], ["c", "a"]]
+    # Both replications pooled, r0 (MIXED: a, c, b, a) then r1 (CONFIDENT: right every time).
+    assert conf.values.tolist() == [["a", "a"], ["a", "c"], ["b", "b"], ["c", "a"],
+                                    ["a", "a"], ["a", "a"], ["b", "b"], ["c", "c"]]
     assert len(pd.read_csv(tmp_path / "plots/confusion/baseline.csv")) == len(LABELS)
 
 
-def test_history_plots(tmp_path):
-    write_evaluation(RUNS, COST, tmp_path, top_k=2)
-    wer = pd.read_csv(tmp_path / "plots/val_wer.csv")
-    assert list(wer.columns) == ["epoch", "run", "val_wer"]
-    assert wer.values.tolist() == [[1, "csada-r0", 0.5], [2, "csada-r0", 0.4], [1, "csada-r1", 0.3], [2, "csada-r1", 0.2]]
-    loss = pd.read_csv(tmp_path / "plots/val_loss.csv")
-    assert loss.values.tolist() == [[2, "csada-r0", 0.9], [1, "csada-r1", 1.5]]
+def test_the_baseline_wins_every_tie_and_is_recommended_when_nothing_beats_it():
+    runs = {"baseline": ["baseline"], "ap": ["ap-r0"]}
+    tie = {"baseline": {"argmax": 0.4, "expected_cost": 0.5}, "ap-r0": {"argmax": 0.4, "expected_cost": 0.4}}
+    assert (recommend(tie, runs)["method"], recommend(tie, runs)["decision_rule"]) == ("baseline", "argmax")
+    worse = {"baseline": {"argmax": 0.4, "expected_cost": 0.5}, "ap-r0": {"argmax": 0.41, "expected_cost": 0.45}}
+    assert recommend(worse, runs)["method"] == "baseline"
+    better = {"baseline": {"argmax": 0.4, "expected_cost": 0.3}, "ap-r0": {"argmax": 0.41, "expected_cost": 0.45}}
+    assert (recommend(better, runs)["method"], recommend(better, runs)["decision_rule"]) == ("baseline", "expected_cost")
+
+
+def test_history_plots_keep_the_baseline_and_the_fine_tuning_apart(tmp_path):
+    runs = [*(r for r in RUNS if r.method != "baseline"),
+            run("baseline", None, MIXED, history=[{"epoch": 0, "val_loss": 2.0}, {"epoch": 1, "val_loss": 1.0}])]
+    write_evaluation(runs, COST, tmp_path, top_k=2)
+    wer = pd.read_csv(tmp_path / "plots/finetune_val_wer.csv")
+    assert list(wer.columns) == ["epoch", "run", "method", "val_wer"]
+    assert wer.values.tolist() == [[1, "csada-r0", "csada", 0.5], [2, "csada-r0", "csada", 0.4],
+                                   [1, "csada-r1", "csada", 0.3], [2, "csada-r1", "csada", 0.2]]
+    loss = pd.read_csv(tmp_path / "plots/baseline_val_loss.csv")
+    assert loss.values.tolist() == [[0, "baseline", "baseline", 2.0], [1, "baseline", "baseline", 1.0]]
 
 
 def test_history_without_epoch_uses_position_and_empty_history_writes_header(tmp_path):
     runs = [run("ap", 0, MIXED, history=[{"val_wer": 0.7}, {"val_wer": 0.6}])]
     write_evaluation(runs, COST, tmp_path, top_k=1)
-    assert pd.read_csv(tmp_path / "plots/val_wer.csv")["epoch"].tolist() == [1, 2]
-    assert (tmp_path / "plots/val_loss.csv").read_text() == "epoch,run,val_loss\n"
+    assert pd.read_csv(tmp_path / "plots/finetune_val_wer.csv")["epoch"].tolist() == [1, 2]
+    assert (tmp_path / "plots/baseline_val_loss.csv").read_text() == "epoch,run,method,val_loss\n"
 
 
 def test_writing_twice_gives_identical_bytes(tmp_path):
@@ -148,7 +175,7 @@ def test_writing_twice_gives_identical_bytes(tmp_path):
     write_evaluation(list(reversed(RUNS)), COST, second, top_k=2)
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
-    assert len(files) == 9
+    assert len(files) == 11
     for rel in files:
         assert (first / rel).read_bytes() == (second / rel).read_bytes(), rel
     assert not list(tmp_path.rglob("*.tmp*"))
@@ -158,7 +185,7 @@ def test_absent_class_gives_null_and_empty_cells(tmp_path):
     labels = torch.tensor([0, 0, 1, 1])  # no sample of class c: pairs c->a, c->b undefined
     runs = [run("baseline", None, MIXED, labels), run("sosr", 0, MIXED, labels), run("sosr", 1, CONFIDENT, labels)]
     summary = write_evaluation(runs, COST, tmp_path, top_k=3)
-    text = (tmp_path / "metrics/summary.json").read_text()
+    text = (tmp_path / "summary.json").read_text() + (tmp_path / "metrics/headline.json").read_text()
     assert "NaN" not in text
     assert summary["baseline"]["argmax"]["top1_pair_error_rate"]["mean"] is None
     assert summary["sosr"]["argmax"]["top1_pair_error_rate"] == {"mean": None, "sd": None, "lower": None, "upper": None, "n": 2}

@@ -17,14 +17,25 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoints import CHECKPOINT_FILE, HISTORY_FILE, OUTCOME_DIR, CheckpointError, load_checkpoint
-from pipeline.config import RayConfig
+from pipeline.checkpoints import (
+    CHECKPOINT_FILE,
+    HISTORY_FILE,
+    OUTCOME_DIR,
+    CheckpointError,
+    RunStore,
+    load_checkpoint,
+)
+from pipeline.config import RayConfig, load_config
 from pipeline.distributed import run_jobs, run_location, storage_root
 from pipeline.jobs import TrainJob
 from pipeline.optim import OptimConfig
+from pipeline.train import train_func
+from stages import baseline, costs, fetch, split
 from tests.conftest import VENV_BIN, prepare_toy, run, tiny_repository
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs these (and the slow S3 tests) one after the other on its own Ray cluster,
+# beside the end-to-end tests.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 
 def _pids(marker: bytes) -> list[int]:
@@ -70,7 +81,8 @@ def _history(run_dir: Path) -> list[dict]:
     return json.loads((run_dir / OUTCOME_DIR / HISTORY_FILE).read_text())["history"]
 
 
-def test_a_killed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_cluster):
+def test_a_killed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_cluster, monkeypatch):
+    monkeypatch.setenv("CSADA_CHECKPOINT_INTERVAL_S", "0")  # a checkpoint after every epoch
     epochs = 40
     job = _toy_job(tmp_path, epochs)
     ray_config = RayConfig(address=ray_cluster, num_workers=1, use_gpu=False, storage_path="runs")
@@ -103,26 +115,28 @@ def test_a_killed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_cluste
     assert max(row["resumes"] for row in history) == 1
 
 
-def test_a_two_worker_run_trains_with_ddp_and_resumes_like_any_other(tmp_path, ray_cluster):
-    job = _toy_job(tmp_path, epochs=3)
+def test_a_two_worker_run_trains_with_ddp_into_the_same_run_folder(tmp_path, ray_cluster):
+    job = _toy_job(tmp_path, epochs=2)
     # Two workers of half a CPU each leave the trial that drives them its sliver of the 2 CPUs.
     ray_config = RayConfig(address=ray_cluster, num_workers=2, cpus_per_worker=0.5, use_gpu=False, storage_path="runs")
     [store] = run_jobs([job], ray_config, tmp_path, experiment="ddp")
     run_dir = Path(store.location)
-    assert [row["epoch"] for row in _history(run_dir)] == [0, 1, 2]
+    assert [row["epoch"] for row in _history(run_dir)] == [0, 1]
     assert load_checkpoint(run_dir / OUTCOME_DIR / "model.pt")["job"] == job.to_dict()
-    # Ran again, the finished run is reused: nothing is trained.
-    mtime = (run_dir / OUTCOME_DIR / "model.pt").stat().st_mtime_ns
-    run_jobs([job], ray_config, tmp_path, experiment="ddp")
-    assert (run_dir / OUTCOME_DIR / "model.pt").stat().st_mtime_ns == mtime
 
 
-def test_a_stage_killed_outright_resumes_unfinished_runs_and_skips_finished_ones(tmp_path, ray_cluster):
+def test_a_stage_killed_outright_resumes_unfinished_runs_and_skips_finished_ones(tmp_path, ray_cluster, monkeypatch):
     work = tmp_path / "repo"
     env = tiny_repository(work, ray_cluster, finetune_epochs=12)
     python = str(VENV_BIN / "python")
-    for stage in ("fetch", "split", "costs", "baseline"):
-        run([python, f"stages/{stage}.py"], work, env)
+    # The stages before finetune, in this process (the baseline without Ray): only finetune is killed.
+    monkeypatch.chdir(work)
+    config = load_config(work / "params.yaml")
+    for stage in (fetch, split, costs):
+        stage.main(config)
+    job = baseline.baseline_job(config)
+    train_func({"job": job.to_dict(), "store": str(tmp_path / "base"), "root": str(work), "device": "cpu"})
+    RunStore(str(tmp_path / "base")).copy_outcome(work / config.paths.baseline)
 
     storage = work / "runs" / "ray"
     log = open(tmp_path / "first.log", "w")

@@ -122,8 +122,9 @@ def produced_paths() -> set[str]:
 
 def shared_directories_needed() -> set[str]:
     """Top-level directories Ray workers on other nodes may read or write: those of the stage
-    outputs, and that of a local ray.storage_path."""
-    needed = {path.split("/")[0] for path in produced_paths()}
+    outputs (but the code manifests, which only `dvc repro` on the head node reads), and that of
+    a local ray.storage_path."""
+    needed = {path.split("/")[0] for path in produced_paths()} - {"code"}
     storage = params()["ray"]["storage_path"]
     if "://" not in storage:
         needed.add(Path(storage).parts[0])
@@ -293,13 +294,30 @@ def test_rayjob_uses_only_fields_kuberay_defines_and_shuts_down():
         assert set(group) <= WORKER_GROUP_FIELDS, set(group) - WORKER_GROUP_FIELDS
 
 
-def test_rayjob_entrypoint_is_the_documented_dvc_repro_in_the_image_project():
+def test_rayjob_entrypoint_reproduces_and_pushes_in_the_image_project():
     entrypoint = rayjob()["spec"]["entrypoint"]
     # KubeRay pastes the entrypoint unquoted into the submitter's shell line: an operator would
     # run part of it in the submitter pod instead of on the Ray cluster.
     assert not re.search(r"[;&|<>`]|\$\(", entrypoint)
-    assert shlex.split(entrypoint) == ["dvc", "--cd", image_project_dir(), "repro"]
-    assert f"`{entrypoint}`" in readme()
+    assert shlex.split(entrypoint) == ["python", "-m", "pipeline.remote", "repro", "--repo", image_project_dir()]
+    assert f"`{entrypoint}`" in " ".join(readme().split())
+
+
+def test_the_cluster_job_pushes_after_repro_and_says_when_there_is_no_remote(tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    from pipeline import remote
+
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(args[3:]) or subprocess.CompletedProcess(args, 0))
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text("")
+    assert remote.main(["repro", "--repo", str(tmp_path)]) == 0
+    assert calls == [["repro"]] and "no default DVC remote" in capsys.readouterr().err
+    (tmp_path / ".dvc" / "config").write_text("[core]\n    remote = storage\n['remote \"storage\"']\n    url = s3://b/p\n")
+    calls.clear()
+    assert remote.main(["repro", "--repo", str(tmp_path)]) == 0
+    assert calls == [["repro"], ["push"]]
 
 
 def test_rayjob_ray_version_matches_the_image_and_the_installed_ray():

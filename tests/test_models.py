@@ -28,7 +28,11 @@ from pipeline.models import (
     freeze_all_but_head,
     unfreeze_all,
 )
-from pipeline.pretrained import PretrainedWeightsUnavailable, load_pretrained_state_dict, pretrained_cache_path
+from pipeline.pretrained import (
+    PretrainedWeightsUnavailable,
+    load_pretrained_state_dict,
+    pretrained_cache_path,
+)
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The real product end to end: `dvc repro`, `dvc exp run -S ...`, `dvc metrics diff`.
+"""The real product end to end: `dvc repro`, `dvc exp run -S ...`, `dvc metrics diff`, `dvc exp show`.
 
 Runs in a temporary copy of the repository on a tiny configuration (few epochs, one
 replication), with the stages' Ray work on the test session's shared cluster.
@@ -6,6 +6,8 @@ replication), with the stages' Ray work on the test session's shared cluster.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 
@@ -14,7 +16,11 @@ import yaml
 
 from tests.conftest import run, tiny_repository
 
-pytestmark = pytest.mark.slow
+# One xdist worker runs these one after the other on its own Ray cluster, beside the other slow tests.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+
+METHODS = {"baseline", "csada", "ap", "sosr", "penalty"}
+
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory, ray_cluster):
@@ -26,57 +32,81 @@ def repo(tmp_path_factory, ray_cluster):
     return work, env
 
 
-def test_repro_writes_every_output_and_is_then_a_no_op(repo):
+def test_repro_writes_every_output_quietly_and_is_then_a_no_op(repo):
     work, env = repo
     result = run(["dvc", "repro"], work, env)
+    console = (result.stdout + result.stderr).splitlines()
+    assert len(console) <= 80, "\n".join(console)
     assert "Evaluation of digits" in result.stdout  # the one-screen summary closes the run
+    assert sum("[1/4]" in line or "[4/4]" in line for line in console) == 2  # a line per finished run
+    assert not [line for line in console if "Trial" in line or "TrainingReport" in line or "╭" in line]
 
-    summary = json.loads((work / "results/metrics/summary.json").read_text())
-    assert set(summary) == {"baseline", "csada", "ap", "sosr", "penalty"}
+    headline = json.loads((work / "results/metrics/headline.json").read_text())
+    assert set(headline) == METHODS
+    values = [v for rules in headline.values() for metrics in rules.values() for v in metrics.values()]
+    assert len(values) == 40  # 5 methods x 2 decision rules x (WER, accuracy, total cost, top-1 pair error)
+    summary = json.loads((work / "results/summary.json").read_text())["methods"]
     for method in summary.values():
         assert set(method) == {"argmax", "expected_cost"}
         assert 0.0 <= method["argmax"]["wer"]["mean"] and 0.0 <= method["argmax"]["accuracy"]["mean"] <= 1.0
     report = (work / "results/report.md").read_text()
     for column in ("Baseline", "CSADA", "AP", "SOSR", "Penalty"):
         assert column in report
+    for figure in ("wer", "confusion", "curves"):
+        assert (work / f"results/figures/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (work / "models/digits/baseline/model.pt").is_file()
     assert len(list((work / "models/digits/finetune").glob("*/model.pt"))) == 4
-    confusion = (work / "results/plots/confusion/csada.csv").read_text().splitlines()
+    confusion = (work / "results/plots/confusion/baseline.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 357
-    assert (work / "dvc.lock").is_file()
+    assert (work / "dvc.lock").is_file() and sorted(p.name for p in (work / "code").iterdir()) == [
+        "baseline.txt", "costs.txt", "evaluate.txt", "fetch.txt", "finetune.txt", "report.txt", "split.txt"]
 
     status = run(["dvc", "status"], work, env)
-    assert "up to date" in status.stdout
-    again = run(["dvc", "repro"], work, env)
-    assert "didn't change, skipping" in again.stdout or "up to date" in again.stdout
+    assert "up to date" in status.stdout  # a second `dvc repro` has nothing to run
 
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-q", "-m", "tiny results"], work, env)
 
 
-def test_exp_run_with_a_changed_param_and_metrics_diff(repo):
+def test_exp_run_with_an_added_override_metrics_diff_and_exp_show(repo):
     work, env = repo
-    result = run(["dvc", "exp", "run", "-S", "finetune.csada.adv_weight=5"], work, env)
+    result = run(["dvc", "exp", "run", "-S", "+finetune.csada.adv_weight=5"], work, env)
     # Only the fine-tuning and what follows it ran again; the baseline was reused.
     assert "Stage 'baseline' didn't change, skipping" in result.stdout
     params = yaml.safe_load((work / "params.yaml").read_text())
-    assert params["finetune"]["csada"]["adv_weight"] == 5
+    assert params["finetune"]["csada"] == {"adv_weight": 5}
 
     diff = json.loads(run(["dvc", "metrics", "diff", "--json"], work, env).stdout)
-    changed = diff["results/metrics/summary.json"]
+    changed = diff["results/metrics/headline.json"]
     assert any(key.startswith("csada.") for key in changed)
     assert not any(key.startswith("baseline.") for key in changed)  # the baseline did not move
 
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], work, env).stdout)
-    assert shown  # the experiment is listed for comparison
+    shown = run(["dvc", "exp", "show", "--csv"], work, env).stdout
+    header = next(csv.reader(io.StringIO(shown)))
+    assert len(header) <= 80, header
+    assert "finetune.csada.adv_weight" in header  # what the user changed is a column
 
 
-def test_same_params_and_seeds_give_identical_metrics_files(repo):
-    """Retrain everything from scratch (no Ray run storage to reuse) and compare with the commit."""
+def test_an_edit_to_the_report_code_reruns_only_the_report(repo):
     work, env = repo
-    run(["git", "checkout", "-q", "-f", "HEAD"], work, env)  # undo the experiment in the workspace
+    run(["git", "checkout", "-q", "-f", "HEAD"], work, env)  # undo the experiment in the workspace ...
+    run(["dvc", "checkout", "-q", "--force"], work, env)  # ... and its models
+    with open(work / "pipeline/report.py", "a") as handle:
+        handle.write("\n# an edit to how the report is rendered\n")
+    result = run(["dvc", "repro"], work, env)
+    ran = sorted(line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage"))
+    assert ran == ["code", "report"]
+    run(["git", "checkout", "-q", "-f", "HEAD"], work, env)
+
+
+def test_retraining_from_scratch_gives_the_committed_model(repo):
+    """Retrain the baseline (no run storage to reuse): the model is the committed one byte for
+    byte, so dvc.lock does not change and nothing downstream re-runs. (That every run, fine-tuning
+    included, is deterministic is tests/test_train.py's.)"""
+    work, env = repo
+    run(["git", "checkout", "-q", "-f", "HEAD"], work, env)
+    run(["dvc", "checkout", "-q", "--force"], work, env)
     shutil.rmtree(work / "runs")
-    run(["dvc", "repro", "-f"], work, env)
-    for path in ("results/metrics/summary.json", "results/report.md", "results/plots/val_wer.csv"):
-        committed = run(["git", "show", f"HEAD:{path}"], work, env).stdout
-        assert (work / path).read_text() == committed, path
+    run(["dvc", "repro", "-f", "-s", "baseline"], work, env)
+    assert run(["git", "diff", "--stat", "dvc.lock"], work, env).stdout == ""
+    assert "up to date" in run(["dvc", "status"], work, env).stdout

@@ -13,15 +13,38 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.datasets import (TOY_CLASSES, ArrayDataset, ClassificationData, DatasetError,
-                               DatasetMissingError, PMI_DATASET_URL, load_digits, load_toy)
-from pipeline.datasets import cifar10, mnist, pmi, tables
-from pipeline.prepare import (FETCHED_FILE, MANIFEST_COLUMNS, check_manifest,
-                              fetch_dataset, load_prepared, make_manifest, read_manifest,
-                              write_manifest)
-
-from tests.fakes import (CIFAR_NAMES, NDCS, write_fake_cifar, write_fake_cifar_archive,
-                   write_fake_mnist, write_pill_tree)
+from pipeline.datasets import (
+    PMI_DATASET_URL,
+    TOY_CLASSES,
+    ArrayDataset,
+    ClassificationData,
+    DatasetError,
+    DatasetMissingError,
+    cifar10,
+    load_digits,
+    load_toy,
+    mnist,
+    pmi,
+    tables,
+)
+from pipeline.prepare import (
+    FETCHED_FILE,
+    MANIFEST_COLUMNS,
+    check_manifest,
+    fetch_dataset,
+    load_prepared,
+    make_manifest,
+    read_manifest,
+    write_manifest,
+)
+from tests.fakes import (
+    CIFAR_NAMES,
+    NDCS,
+    write_fake_cifar,
+    write_fake_cifar_archive,
+    write_fake_mnist,
+    write_pill_tree,
+)
 
 MNIST_RAW = [f"MNIST/raw/{name}" for name in sorted(mnist.MNIST_FILES)]
 

@@ -12,7 +12,12 @@ import torch
 
 from pipeline.attacks import AttackOutcome
 from pipeline.datasets.toy import load_toy
-from pipeline.proof_of_concept import HARDER_MEANS, ToySettings, attack_green_to_blue, run_seed
+from pipeline.proof_of_concept import (
+    HARDER_MEANS,
+    ToySettings,
+    attack_green_to_blue,
+    run_seed,
+)
 
 # The seeds of 0..15 on which the converged harder-variant baseline makes at least one
 # green -> blue test error. They were picked from the baseline's errors alone (before any

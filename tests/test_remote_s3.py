@@ -304,6 +304,7 @@ def dvc_repo(s3, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_push_then_pull_into_an_empty_workspace_restores_everything(s3, dvc_repo, monkeypatch):
     repo = dvc_repo
     _use_keys(monkeypatch, s3.key_id, s3.secret)
@@ -336,6 +337,7 @@ def test_push_then_pull_into_an_empty_workspace_restores_everything(s3, dvc_repo
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_push_without_credentials_fails_and_check_says_why(s3, dvc_repo):
     (dvc_repo / "data/extra.txt").write_text("never pushed\n")
     _dvc(dvc_repo, "add", "-q", "data/extra.txt")
@@ -353,6 +355,7 @@ def test_push_without_credentials_fails_and_check_says_why(s3, dvc_repo):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray")
 def test_training_runs_keep_their_state_in_s3_and_a_finished_one_is_reused(s3, ray_cluster, monkeypatch, tmp_path):
     import dataclasses
 

@@ -72,7 +72,7 @@ def test_report_second_table_for_expected_cost_and_header():
     assert "Runs per method: Baseline 1, CSADA 5, AP 5, SOSR 5, zeta 3." in text
     assert "Classes (3): a, b, c" in text
     assert "1. c -> a (cost 5); 2. a -> c (cost 4)" in text
-    assert "metrics/summary.json" in text and "90%" in text
+    assert "results/summary.json" in text and "90%" in text
     assert '- costs: {"seed": 0}' in text and "- epochs: 10" in text
 
 
@@ -99,14 +99,7 @@ def test_report_from_real_evaluation(tmp_path):
 
 
 def test_one_screen_summary_fits():
-    paths = {
-        "report": "reports/report.md",
-        "metrics": "evaluation/metrics/summary.json",
-        "pair errors": "evaluation/tables/pair_errors.csv",
-        "top pairs": "evaluation/tables/top_pairs.csv",
-        "confusion": "evaluation/plots/confusion/",
-        "a very long output label that goes on": "x/" * 80 + "end.csv",
-    }
+    paths = {"report": "reports/report.md", "figures": "results/figures"}
     text = one_screen_summary(SUMMARY, COST, paths=paths, dataset="cifar10", top_k=2)
     lines = text.splitlines()
     assert len(lines) <= 25
@@ -118,7 +111,9 @@ def test_one_screen_summary_fits():
         "csada", "5", "4.20 (0.03)", "4.00 (0.02)", "42.0 (0.3)", "1.00 (0.00)", "95.00 (0.05)"]
     assert lines[2].split()[1:] == ["1", "5.49", "5.00", "54.9", "1.00", "95.00"]
     assert "c -> a, cost 5" in text
-    assert "reports/report.md" in text and text.rstrip().endswith("end.csv")
+    assert lines[-1] == "outputs: report reports/report.md, figures results/figures"
+    long = one_screen_summary(SUMMARY, COST, paths={"report": "x/" * 80 + "end.csv"}, top_k=2)
+    assert long.splitlines()[-1].startswith("...") and long.rstrip().endswith("end.csv")  # the informative tail
     # Without top pairs the column goes.
     assert "top-1" not in one_screen_summary(SUMMARY, COST, paths={}, top_k=0)
 

@@ -2,13 +2,15 @@
 
 DVC reruns a stage only when one of its deps changes. A module or param the stage reads but does
 not list lets `dvc repro` keep outputs computed from old code or old values; one it lists but
-never reads reruns it (and retrains models) for nothing. So both lists are derived here from the
-stage scripts and compared with dvc.yaml:
+never reads reruns it (and retrains models) for nothing. So both are derived here from the stage
+scripts and compared with dvc.yaml:
 
-* code: the package modules each `stages/<name>.py` imports, at any depth (pipeline.codedeps);
-* params: the `config.<field>...` chains each script reads, mapped to params keys through
-  `pipeline.config.PARAM_SOURCES`, and both sides expanded to the leaves of params.yaml and of the
-  digits recipe. Settings that only decide where runs execute (`EXECUTION_ONLY`) are not params.
+* code: each stage depends on its manifest code/<stage>.txt, which the `code` stage writes from
+  the package modules the script imports, at any depth (pipeline.codedeps);
+* params: the `config.<field>...` chains each script reads, mapped through
+  `pipeline.config.PARAM_SOURCES` to params.yaml keys (both sides expanded to the leaves of
+  params.yaml) and to the recipe file, which is a file dependency. Settings that only decide where
+  runs execute (`EXECUTION_ONLY`) are not params.
 """
 
 from __future__ import annotations
@@ -20,34 +22,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.codedeps import imported_modules, reachable_files
+from pipeline.codedeps import (
+    imported_modules,
+    reachable_files,
+    stage_files,
+    stage_manifest,
+)
 from pipeline.config import EXECUTION_ONLY, PARAM_SOURCES, RECIPE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+PIPELINE = sorted(set(STAGES) - {"code"})
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 RECIPE_FILE = f"{RECIPE_DIR}/${{dataset}}.yaml"
-RECIPE = yaml.safe_load((REPO / RECIPE_DIR / f"{PARAMS['dataset']}.yaml").read_text())
 
 
 def _script(stage: str) -> ast.Module:
     return ast.parse((REPO / "stages" / f"{stage}.py").read_text())
 
 
-def _as_dep(path: Path) -> str | None:
-    relative = path.relative_to(REPO)
-    if relative.parts == ("pipeline", "__init__.py"):
-        return None
-    return "/".join(relative.parts[:2]) if len(relative.parts) > 2 else relative.as_posix()  # subpackage: its folder
+def _relative(path: Path) -> str:
+    return path.relative_to(REPO).as_posix()
 
 
 def code_needed(stage: str) -> set[str]:
-    files = reachable_files(imported_modules(ast.walk(_script(stage))))
-    return {f"stages/{stage}.py"} | {dep for dep in map(_as_dep, files) if dep is not None}
-
-
-def code_declared(stage: str) -> set[str]:
-    return {dep for dep in STAGES[stage]["deps"] if dep.startswith(("pipeline", "stages"))}
+    """The script and every package module it imports, walked here from the script's own imports."""
+    return {f"stages/{stage}.py"} | {_relative(p) for p in reachable_files(imported_modules(ast.walk(_script(stage))))}
 
 
 def _chains(tree: ast.Module) -> set[tuple[str, ...]]:
@@ -91,41 +91,45 @@ def _leaves(tree: object, prefix: str) -> set[str]:
 
 
 def _expand(key: str) -> set[str]:
-    """A params key as the set of leaves it covers: ``ray`` -> ray.address, ray.num_workers, ..."""
-    if key.startswith("recipe:"):
-        tree, parts, file = RECIPE, key.removeprefix("recipe:").split("."), RECIPE_FILE
-    else:
-        tree, parts, file = PARAMS, key.split("."), "params.yaml"
-    for part in parts:
+    """A params.yaml key as the set of leaves it covers: ``ray`` -> ray.address, ray.num_workers, ..."""
+    tree = PARAMS
+    for part in key.split("."):
         tree = tree[part] if isinstance(tree, Mapping) and part in tree else None
-    return {f"{file}:{leaf}" for leaf in _leaves(tree, ".".join(parts))}
+    return _leaves(tree, key)
+
+
+def reads(stage: str) -> set[str]:
+    return {key for chain in _chains(_script(stage)) for key in _sources(chain)}
 
 
 def params_read(stage: str) -> set[str]:
-    read = set().union(*(_expand(key) for chain in _chains(_script(stage)) for key in _sources(chain)))
-    return read - {f"params.yaml:{key}" for key in EXECUTION_ONLY}
+    return set().union(*(_expand(key) for key in reads(stage) - {"recipe"})) - EXECUTION_ONLY
 
 
 def params_declared(stage: str) -> set[str]:
-    keys = []
-    for entry in STAGES[stage].get("params", []):
-        if isinstance(entry, str):
-            keys.append(entry)
-        else:
-            [(file, names)] = entry.items()
-            assert file == RECIPE_FILE, f"stage {stage!r}: unexpected params file {file}"
-            keys += [f"recipe:{name}" for name in names]
-    return set().union(*(_expand(key) for key in keys))
+    entries = STAGES[stage].get("params", [])
+    assert all(isinstance(entry, str) for entry in entries), f"stage {stage!r}: params come from params.yaml only"
+    return set().union(*(_expand(key) for key in entries))
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
-def test_stage_lists_exactly_the_code_it_runs(stage):
-    needed, declared = code_needed(stage), code_declared(stage)
-    assert not needed - declared, f"dvc.yaml stage {stage!r} runs {sorted(needed - declared)} but does not list them"
-    assert not declared - needed, f"dvc.yaml stage {stage!r} lists {sorted(declared - needed)} but never runs them"
+@pytest.mark.parametrize("stage", PIPELINE)
+def test_stage_depends_on_its_code_manifest_which_lists_exactly_its_code(stage):
+    deps = STAGES[stage]["deps"]
+    assert f"code/{stage}.txt" in deps
+    assert not [d for d in deps if d.startswith(("pipeline", "stages"))], "code is listed through the manifest"
+    script = REPO / "stages" / f"{stage}.py"
+    listed = [line.split()[0] for line in stage_manifest(script).splitlines() if not line.startswith("#")]
+    assert listed == sorted(code_needed(stage))
+    assert listed == [_relative(p) for p in stage_files(script)]
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_the_code_stage_reads_all_code_and_writes_every_manifest():
+    assert sorted(STAGES["code"]["deps"]) == ["pipeline", "stages"]
+    scripts = {p.stem for p in (REPO / "stages").glob("*.py")} - {"__init__", "code"}
+    assert scripts == set(PIPELINE)
+
+
+@pytest.mark.parametrize("stage", PIPELINE)
 def test_stage_lists_exactly_the_params_it_reads(stage):
     assert not _bare_config_uses(_script(stage)), (
         f"stages/{stage}.py passes `config` on whole (lines {_bare_config_uses(_script(stage))}); "
@@ -133,23 +137,33 @@ def test_stage_lists_exactly_the_params_it_reads(stage):
     read, declared = params_read(stage), params_declared(stage)
     assert not read - declared, f"dvc.yaml stage {stage!r} reads {sorted(read - declared)} but does not declare them"
     assert not declared - read, f"dvc.yaml stage {stage!r} declares {sorted(declared - read)} but never reads them"
+    uses_recipe = "recipe" in reads(stage)
+    assert (RECIPE_FILE in STAGES[stage]["deps"]) == uses_recipe, (
+        f"dvc.yaml stage {stage!r} {'reads' if uses_recipe else 'does not read'} {RECIPE_FILE}")
 
 
 def test_the_import_walk_finds_indirect_and_relative_imports():
     # pipeline.methods imports pipeline.attacks, which imports pipeline.fusion; the datasets
     # package imports its modules relatively.
-    reached = {_as_dep(path) for path in reachable_files({"pipeline.methods"})}
+    reached = {_relative(path) for path in reachable_files({"pipeline.methods"})}
     assert {"pipeline/methods.py", "pipeline/attacks.py", "pipeline/fusion.py"} <= reached
-    files = {p.relative_to(REPO).as_posix() for p in reachable_files({"pipeline.datasets"})}
+    files = {_relative(p) for p in reachable_files({"pipeline.datasets"})}
     assert {"pipeline/datasets/toy.py", "pipeline/datasets/adapter.py", "pipeline/fileio.py"} <= files
 
 
-def test_the_params_reading_walk_sees_sections_fields_and_recipe_keys():
+def test_the_params_reading_walk_sees_sections_fields_and_the_recipe():
     tree = ast.parse("def main(config):\n    f(config.ray, config.data.source, config.model, config.paths.raw.name)\n")
     assert _chains(tree) == {("ray",), ("data", "source"), ("model",), ("paths", "raw", "name")}
     assert _sources(("data", "source")) == ("data.source",)
-    assert _sources(("paths", "raw", "name")) == ("dataset", "data.root")
-    assert "params.yaml:ray.num_workers" in _expand("ray")
-    assert _expand("recipe:model") == {f"{RECIPE_FILE}:model"}
+    assert _sources(("data", "val_fraction")) == ("recipe",)
+    assert _sources(("paths", "raw", "name")) == ("dataset",)
+    assert "ray.num_workers" in _expand("ray") and _expand("baseline") == {"baseline"}
+    assert reads("report") >= {"recipe", "finetune.replications"}
     assert _bare_config_uses(ast.parse("def main(config):\n    g(config)\n")) == [2]
     assert _bare_config_uses(ast.parse("def g(config):\n    config.seed\ndef main(config):\n    g(config)\n")) == []
+
+
+def test_the_report_rendering_is_code_of_the_report_stage_alone():
+    # An edit to how the report is rendered must not re-run the evaluation or retrain anything.
+    users = [stage for stage in PIPELINE if "pipeline/report.py" in code_needed(stage)]
+    assert users == ["report"]

@@ -56,7 +56,7 @@ def test_evaluation_scores_every_model_on_the_test_split(toy_project, monkeypatc
     assert [(m, r) for m, r, _ in runs] == [("baseline", None), ("csada", 0), ("ap", 0), ("sosr", 0), ("penalty", 0)]
     data = load_prepared("toy", config.paths.raw, config.paths.manifest, augment=False)
     cost = CostMatrix.load(config.paths.cost)
-    predictions = evaluate.test_predictions(runs, data, cost)
+    predictions = evaluate.split_predictions(runs, data, cost, "test")
     test_x = data.split("test").x
     for run in predictions:
         assert torch.equal(run.labels, data.split("test").y)  # the test split, in order, not validation
@@ -69,7 +69,14 @@ def test_evaluate_and_report_write_their_outputs(toy_project, monkeypatch, capsy
     config, root = toy_project
     monkeypatch.chdir(root)
     evaluate.main(config)
-    summary = json.loads((root / "results/metrics/summary.json").read_text())
+    summary = json.loads((root / "results/summary.json").read_text())["methods"]
+    headline = json.loads((root / "results/metrics/headline.json").read_text())
+    assert headline["baseline"]["argmax"] == {key: summary["baseline"]["argmax"][name]["mean"] for key, name in (
+        ("wer", "wer"), ("accuracy", "accuracy"), ("total_cost", "total_cost"), ("top1_pair_error", "top1_pair_error_rate"))}
+    assert sum(len(rules[rule]) for rules in headline.values() for rule in rules) == 40
+    recommendation = json.loads((root / "results/recommendation.json").read_text())
+    assert recommendation["val_wer"] <= min(v for k, v in recommendation["val_wer_by_choice"].items()
+                                            if k.startswith("baseline/"))
     assert set(summary) == {"baseline", "csada", "ap", "sosr", "penalty"}
     assert summary["baseline"]["argmax"]["n"]["mean"] == 1500  # the toy's 500 test points per class
     report.main(config)

@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoints import CHECKPOINT_FILE, HISTORY_FILE, MODEL_FILE, OUTCOME_DIR, RunStore, save_checkpoint
+from pipeline.checkpoints import (
+    CHECKPOINT_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    OUTCOME_DIR,
+    RunStore,
+    save_checkpoint,
+)
 from pipeline.costs import CostMatrix
 from pipeline.jobs import TrainJob
 from pipeline.methods import FINETUNE_METHODS
