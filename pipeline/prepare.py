@@ -154,7 +154,7 @@ def _swap_in(work: Path, raw_dir: Path) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-# ------------------------------------------------------------------------------- inventory
+# -------------------------------------------------------------------------------- manifest
 
 
 def make_manifest(name: str, raw_dir: str | os.PathLike[str], *, seed: int = 0,
@@ -162,13 +162,12 @@ def make_manifest(name: str, raw_dir: str | os.PathLike[str], *, seed: int = 0,
                   label_column: str = "label") -> Any:
     """One row per sample of the fetched dataset with its split (columns: module doc).
 
-    digits, pmi and a table without a ``split`` column are split per class by ``fractions``
-    (default 6:2:2, Section 5.3.2) with ``seed``; a table's own ``split`` column wins. MNIST and
-    CIFAR-10 keep the official test set and hold out a seeded stratified ``val_fraction`` of the
-    official training set. toy keeps its generated train/val/test. ``fractions`` and
-    ``val_fraction`` are ignored where they do not apply. The splits are exactly those the
-    loaders of :mod:`pipeline.datasets` draw for the same seed. Every class must appear in every
-    split.
+    The dataset's adapter decides the split (``DatasetAdapter.split``): splits the data fixes
+    stand (toy's generated train/val/test, a table's ``split`` column); MNIST and CIFAR-10 keep the
+    official test set and hold out a seeded stratified ``val_fraction`` of the official training
+    set; everything else is split per class by ``fractions`` (default 6:2:2, Section 5.3.2) with
+    ``seed``. The splits are exactly those the loaders of :mod:`pipeline.datasets` draw for the
+    same seed. Every class must appear in every split.
     """
     import pandas as pd
 
