@@ -141,7 +141,7 @@ def test_confusion_csvs_of_the_baseline_and_the_recommended_model(tmp_path):
 
 
 def test_the_baseline_wins_every_tie_and_is_recommended_when_nothing_beats_it():
-    runs = {"baseline": ["baseline"], "ap": ["ap-r0"]}
+    runs = {"ap": ["ap-r0"], "baseline": ["baseline"]}  # the baseline listed last: ties must still go to it
     tie = {"baseline": {"argmax": 0.4, "expected_cost": 0.5}, "ap-r0": {"argmax": 0.4, "expected_cost": 0.4}}
     assert (recommend(tie, runs)["method"], recommend(tie, runs)["decision_rule"]) == ("baseline", "argmax")
     worse = {"baseline": {"argmax": 0.4, "expected_cost": 0.5}, "ap-r0": {"argmax": 0.41, "expected_cost": 0.45}}

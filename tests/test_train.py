@@ -18,11 +18,12 @@ from pipeline.checkpoints import (
     save_checkpoint,
 )
 from pipeline.costs import CostMatrix
+from pipeline.datasets import ArrayDataset
 from pipeline.jobs import TrainJob
 from pipeline.methods import FINETUNE_METHODS
 from pipeline.optim import OptimConfig
 from pipeline.sessions import LocalSession
-from pipeline.train import Progress, train_func, validation_metrics
+from pipeline.train import Progress, loader_options, train_func, validation_metrics
 from tests.conftest import prepare_toy
 
 CSADA_OPTIONS = dict(adv_weight=1.0, temperature=1.0, eps=1.5, steps=3, step_size=0.05, pairs="stochastic")
@@ -188,3 +189,14 @@ def test_cost_matrix_for_other_classes_is_refused(project, tmp_path):
     CostMatrix.single_pair(["a", "b", "c"], "a", "b").save(root / "wrong.csv")
     with pytest.raises(ValueError, match="class"):
         train(project, job(project, cost_csv="wrong.csv"), tmp_path / "run")
+
+
+def test_loader_options_follow_the_workers_share_of_the_machine():
+    in_memory = ArrayDataset(torch.zeros(4, 2), torch.zeros(4, dtype=torch.long))
+    files = torch.utils.data.TensorDataset(torch.zeros(4, 2))  # stands for images decoded from files
+    assert loader_options(in_memory, 4, torch.device("cpu")) == {"num_workers": 0, "persistent_workers": False,
+                                                                  "pin_memory": False}
+    assert loader_options(files, 3, torch.device("cpu")) == {"num_workers": 2, "persistent_workers": True,
+                                                             "pin_memory": False}
+    assert loader_options(files, 1, torch.device("cuda"))["pin_memory"] is True
+    assert loader_options(files, 1, torch.device("cpu"))["num_workers"] == 0  # the one CPU trains
