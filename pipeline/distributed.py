@@ -24,7 +24,7 @@ from typing import Any
 from pipeline.checkpoints import RunStore
 from pipeline.config import TRIAL_DRIVER_CPUS, RayConfig
 from pipeline.jobs import TrainJob, run_name
-from pipeline.progress import TrialProgress, quiet_ray_logging, say
+from pipeline.progress import quiet_ray_logging, say, trial_progress
 from pipeline.train import train_func
 
 # Ray retries a failed trial (and Ray Train a failed worker group) this often, from the last checkpoint.
@@ -140,7 +140,7 @@ def _fit(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str, 
             trial_dirname_creator=lambda trial: trial.config["job"]["name"],
         ),
         run_config=ray.tune.RunConfig(name=experiment, storage_path=storage, verbose=0,
-                                      callbacks=[TrialProgress(jobs, experiment)],
+                                      callbacks=[trial_progress(jobs, experiment)],
                                       failure_config=ray.tune.FailureConfig(max_failures=MAX_FAILURES)),
     )
     results = tuner.fit()

@@ -1,7 +1,7 @@
 """What a training stage shows a person: one progress bar, one line per finished run, the warnings
 that matter. Everything else Ray says goes to a log file.
 
-:class:`TrialProgress` is a Ray Tune callback (it runs in the stage's process): the bar counts
+:func:`trial_progress` makes a Ray Tune callback (it runs in the stage's process): the bar counts
 epochs over all runs of the stage, with the runs done of the total and an ETA; a finished run
 prints its selection metric and best epoch; a failed run, and Ray's retry of it, print a line each.
 :func:`quiet_ray_logging` sends the driver's Ray loggers to ``log_file`` instead of the console.
@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import ray.tune
 
 from pipeline.jobs import TrainJob
 
@@ -45,8 +43,16 @@ def say(line: str) -> None:
     sys.stdout.flush()
 
 
-class TrialProgress(ray.tune.Callback):
-    """Progress of one stage's runs (see the module doc)."""
+def trial_progress(jobs: list[TrainJob], stage: str) -> Any:
+    """The Tune callback that shows the progress of ``jobs``. Ray Tune is imported here, where it
+    is about to run, not with this module: a stage that reuses every run never pays for it."""
+    import ray.tune
+
+    return type("TrialProgress", (_TrialProgress, ray.tune.Callback), {})(jobs, stage)
+
+
+class _TrialProgress:
+    """Progress of one stage's runs (see the module doc); mixed into ``ray.tune.Callback``."""
 
     def __init__(self, jobs: list[TrainJob], stage: str) -> None:
         from tqdm import tqdm
