@@ -3,7 +3,8 @@
 Every model maps a float batch to logits of shape (N, num_classes):
 
 - ``ToyMLP``: one hidden layer of 50 units, the proof-of-concept model of section 4.
-- ``SmallCNN``: two conv blocks and a linear head; a fast CPU model for MNIST and 8x8 digits.
+- ``SmallCNN``: two conv blocks, an optional dense layer and a linear head; a fast CPU model for
+  MNIST, 8x8 digits and a user's small images.
 - ``ResNet9``: the DAWNBench (Myrtle) ResNet-9, the shallow network of section 5.3.4.
 - ResNet-18/34 from torchvision (``build_resnet``); section 5.1 trains ResNet-34 on CIFAR-10 and
   MNIST, and section 5.3.3 fine-tunes an ImageNet-pretrained ResNet-34.
@@ -105,28 +106,48 @@ class SmallCNN(nn.Module):
     adaptive average pool to 2x2 before the head makes the head's size independent of the input,
     so 8x8 digits (8 -> 4 -> 2) and larger images use the same layers. Average rather than max
     pooling there keeps the input gradient spread over the map, which the attacks rely on.
+
+    ``hidden > 0`` puts a dense layer of that many units (with ReLU) before the head; the default
+    0 is the original architecture, with the same parameters and state dict keys. ``pool`` is the
+    side of that average pool's output: 2 (the default) is the compact head above; 7 keeps the
+    whole 7x7 map of a 28x28 image (64 x 7 x 7 features), the usual small CNN for MNIST-sized
+    images, which fits a training set of thousands of images where the 2x2 summary does not.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 10, width: int = 32) -> None:
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, width: int = 32, hidden: int = 0, pool: int = 2
+    ) -> None:
         super().__init__()
         _check_positive_int("in_channels", in_channels)
         _check_positive_int("num_classes", num_classes)
         _check_positive_int("width", width)
+        _check_positive_int("pool", pool)
+        if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 0:
+            raise ModelConfigError(
+                f"hidden must be a non-negative integer (0: no hidden layer), got {hidden!r}"
+            )
         self.features = nn.Sequential(
             _conv_bn_relu(in_channels, width),
             nn.MaxPool2d(2),
             _conv_bn_relu(width, 2 * width),
             nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d(2),
+            nn.AdaptiveAvgPool2d(pool),
         )
-        self.head = nn.Linear(2 * width * 4, num_classes)
+        features = 2 * width * pool * pool
+        # Identity when hidden is 0: it has no parameters, so older checkpoints still load.
+        self.dense: nn.Module = (
+            nn.Sequential(nn.Linear(features, hidden), nn.ReLU(inplace=True))
+            if hidden
+            else nn.Identity()
+        )
+        self.head = nn.Linear(hidden or features, num_classes)
         # Channels-last kernels are about twice as fast on CPU here (NCHW max-pool is slow), and
         # the benchmark trains this model on CPU; shapes and values are unchanged.
         self.features.to(memory_format=torch.channels_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.contiguous(memory_format=torch.channels_last)
-        return self.head(self.features(x).flatten(1))
+        return self.head(self.dense(self.features(x).flatten(1)))
 
 
 class ResNet9(nn.Module):
@@ -361,11 +382,11 @@ def _build_mlp(
 
 
 def _build_small_cnn(
-    *, num_classes: int, input_shape: InputShape, pretrained: bool, width: int = 32
+    *, num_classes: int, input_shape: InputShape, pretrained: bool, width: int = 32, hidden: int = 0, pool: int = 2
 ) -> nn.Module:
     _no_pretrained("small_cnn", pretrained)
     channels, _, _ = _image_shape("small_cnn", input_shape)
-    return SmallCNN(channels, num_classes, width=width)
+    return SmallCNN(channels, num_classes, width=width, hidden=hidden, pool=pool)
 
 
 def _build_resnet9(*, num_classes: int, input_shape: InputShape, pretrained: bool) -> nn.Module:
@@ -422,7 +443,7 @@ def build_model(
 
     Image models take their input channels from ``input_shape``; ResNet-18/34 get the small-input
     stem when both sides are at most 64 pixels unless ``small_input`` is given. ``options`` are
-    the model's own keyword options (mlp: hidden, activation; small_cnn: width; resnet18/34:
+    the model's own keyword options (mlp: hidden, activation; small_cnn: width, hidden; resnet18/34:
     small_input, allow_download); anything else is an error.
     """
     if name not in MODELS:

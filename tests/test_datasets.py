@@ -140,9 +140,9 @@ def test_classification_data_labels_splits_and_bounds() -> None:
 
 
 def test_registry_names_and_unknown_name_lists_known() -> None:
-    assert set(DATASETS) == {"toy", "digits", "mnist", "cifar10", "pmi", "table"}
+    assert set(DATASETS) == {"toy", "digits", "mnist", "cifar10", "pmi", "table", "images"}
     with pytest.raises(DatasetError, match="unknown dataset 'imagenet'; known: cifar10, digits, "
-                                           "mnist, pmi, table, toy"):
+                                           "images, mnist, pmi, table, toy"):
         load_dataset("imagenet")
     assert load_dataset("toy", seed=1).classes == list(TOY_CLASSES)
 

@@ -159,6 +159,44 @@ def test_build_model_picks_channels_and_features() -> None:
     assert isinstance(r9, ResNet9) and r9.prep[0].in_channels == 3
 
 
+@pytest.mark.parametrize("name", ["small_cnn", "resnet9", "resnet18"])
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("side", [28, 32])
+def test_image_models_build_for_gray_and_colour_small_images(name: str, channels: int, side: int) -> None:
+    model = build_model(name, num_classes=5, input_shape=(channels, side, side)).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, channels, side, side))
+    assert out.shape == (2, 5) and torch.isfinite(out).all()
+
+
+def test_small_cnn_hidden_layer_is_optional_and_off_by_default() -> None:
+    plain = build_model("small_cnn", num_classes=4, input_shape=(1, 28, 28))
+    # hidden 0 is the original network: the same parameters under the same names.
+    assert isinstance(plain.dense, nn.Identity)
+    assert all(k.startswith(("features.", "head.")) for k in plain.state_dict())
+    assert classifier_head(plain).in_features == 2 * 32 * 4
+    dense = build_model("small_cnn", num_classes=4, input_shape=(3, 32, 32), hidden=16, width=8)
+    assert [type(m) for m in dense.dense] == [nn.Linear, nn.ReLU]
+    assert dense.dense[0].in_features == 2 * 8 * 4 and dense.dense[0].out_features == 16
+    assert classifier_head(dense) is dense.head and dense.head.in_features == 16
+    assert dense(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    freeze_all_but_head(dense)
+    assert not any(p.requires_grad for p in dense.dense.parameters())
+    assert all(p.requires_grad for p in dense.head.parameters())
+
+
+def test_small_cnn_pool_keeps_the_whole_feature_map_when_asked() -> None:
+    # pool 7 on a 28x28 image: the 7x7 map after two max-pools passes unchanged (64 x 7 x 7 features).
+    wide = build_model("small_cnn", num_classes=10, input_shape=(1, 28, 28), hidden=128, pool=7)
+    assert wide.dense[0].in_features == 64 * 7 * 7
+    x = torch.randn(2, 1, 28, 28)
+    wide.eval()
+    torch.testing.assert_close(wide.features(x), wide.features[:-1](x))  # the pool is the identity here
+    assert wide(x).shape == (2, 10)
+    with pytest.raises(ModelConfigError, match="pool"):
+        build_model("small_cnn", num_classes=10, input_shape=(1, 28, 28), pool=0)
+
+
 @pytest.mark.parametrize(
     ("input_shape", "options", "small"),
     [
@@ -199,6 +237,8 @@ IMAGE = (3, 8, 8)
         ("resnet9", 3, IMAGE, {"pretrained": True}, "resnet9.*resnet18, resnet34"),
         ("small_cnn", 3, (784,), {}, r"\(C, H, W\).*\(784,\)"),
         ("small_cnn", 3, IMAGE, {"width": -1}, "width.*-1"),
+        ("small_cnn", 3, IMAGE, {"hidden": -1}, r"hidden must be a non-negative integer.*-1"),
+        ("small_cnn", 3, IMAGE, {"hidden": True}, r"hidden must be a non-negative integer.*True"),
         ("resnet18", 3, (3, 4, 4), {}, "at least 8x8.*4, 4"),
         ("resnet18", 3, (3, 32), {}, r"input_shape.*\(3, 32\)"),
         ("resnet18", 3, IMAGE, {"small_input": "yes"}, "small_input.*'yes'"),

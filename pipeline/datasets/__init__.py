@@ -26,6 +26,7 @@ from .common import (
     stratified_split,
 )
 from .digits import DigitsAdapter, load_digits
+from .images import ImagesAdapter, load_images
 from .mnist import MnistAdapter, load_mnist
 from .pmi import PMI_DATASET_URL, PmiAdapter, fetch_pmi, load_pmi
 from .tables import TableAdapter, load_table
@@ -38,6 +39,7 @@ DATASETS: dict[str, DatasetAdapter] = {
     "cifar10": Cifar10Adapter(),
     "pmi": PmiAdapter(),
     "table": TableAdapter(),
+    "images": ImagesAdapter(),
 }
 
 
@@ -57,6 +59,6 @@ __all__ = [
     "ArrayDataset", "ClassificationData", "DATASETS", "DatasetAdapter", "DatasetError",
     "DatasetMissingError", "Normalization", "PMI_DATASET_URL", "TOY_CLASSES", "TOY_COVARIANCE",
     "TOY_MEANS", "TransformedSubset", "dataset_adapter", "dataset_labels", "fetch_pmi",
-    "load_cifar10", "load_dataset", "load_digits", "load_mnist", "load_pmi", "load_table",
+    "load_cifar10", "load_dataset", "load_digits", "load_images", "load_mnist", "load_pmi", "load_table",
     "load_toy", "stratified_split",
 ]

@@ -51,11 +51,15 @@ from .common import (
     check_split_fractions_named,
     stratified_split,
 )
+from .images import (
+    channel_stats,
+    image_folder_root,
+    link_or_copy,
+    path_positions,
+    scan_image_folder,
+)
 
 PMI_DATASET_URL = "https://deepblue.lib.umich.edu/data/concern/data_sets/6d56zw997"
-# The suffixes torchvision's ImageFolder accepts.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif",
-                                     ".tiff", ".webp")
 NDC_PATTERN = re.compile(r"^\d{4,5}-\d{3,4}(-\d{1,2})?$")
 
 
@@ -110,7 +114,8 @@ class ImageFiles(torch.utils.data.Dataset):
 def scan_pmi(root: str | os.PathLike[str]) -> tuple[list[str], list[tuple[str, int]]]:
     """Sorted class folder names under ``root`` and ``(path, class index)`` of every image.
 
-    Images are found at any depth below their class folder, sorted by path within a class.
+    Images are found at any depth below their class folder, sorted by path within a class
+    (:func:`~pipeline.datasets.images.scan_image_folder`).
     """
     root = Path(root)
     if not root.is_dir():
@@ -118,39 +123,12 @@ def scan_pmi(root: str | os.PathLike[str]) -> tuple[list[str], list[tuple[str, i
             f"PMI image folder {root} does not exist. Download the dataset from {PMI_DATASET_URL} "
             f"and run fetch_pmi({str(root)!r}, archive=<the downloaded file>), or extract it so "
             f"that {root}/<NDC>/<image>.jpg")
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-    if not classes:
-        raise DatasetError(f"{root} has no class folders; expected {root}/<NDC>/<image>.jpg")
-    files = {c: sorted(str(p) for p in (root / c).rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()) for c in classes}
-    empty = [c for c in classes if not files[c]]
-    if empty:
-        raise DatasetError(f"class folder(s) {empty} under {root} contain no image "
-                           f"({', '.join(IMAGE_EXTENSIONS)})")
+    classes, samples = scan_image_folder(root, example="<NDC>/<image>.jpg")
     odd = [c for c in classes if not NDC_PATTERN.match(c)]
     if odd:
         warnings.warn(f"class folder(s) {odd} under {root} do not look like NDCs "
                       f"(e.g. 50111-0434); loading them anyway", UserWarning, stacklevel=2)
-    return classes, [(path, i) for i, c in enumerate(classes) for path in files[c]]
-
-
-def channel_stats(dataset: torch.utils.data.Dataset, *, batch_size: int = 32,
-                  num_workers: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and population std over all pixels of a dataset of (C, H, W) tensors."""
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    total = squares = None
-    count = 0
-    for x, _ in loader:
-        x = x.to(torch.float64)
-        s, q = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
-        total, squares = (s, q) if total is None else (total + s, squares + q)
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    if total is None:
-        raise DatasetError("cannot compute channel statistics of an empty dataset")
-    mean = total / count
-    std = (squares / count - mean * mean).clamp_min(0).sqrt()
-    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant channel: as train_mean_std
-    return tuple(mean.tolist()), tuple(std.tolist())
+    return classes, samples
 
 
 def load_pmi(root: str | os.PathLike[str], *, seed: int = 0,
@@ -224,7 +202,7 @@ def fetch_pmi(dest: str | os.PathLike[str],
     try:
         for path in archives:
             _extract(path, scratch)
-        tree = image_folder_root(scratch)
+        tree = image_folder_root(scratch, what="the archive", example="50111-0434/<image>.jpg")
         if dest.exists():
             dest.rmdir()
         os.replace(tree, dest)
@@ -248,27 +226,6 @@ def _extract(path: Path, into: Path) -> None:
         raise DatasetError(f"cannot extract {path}: {err}") from err
 
 
-def image_folder_root(top: Path) -> Path:
-    """The shallowest folder under ``top`` (itself included) with a sub-folder holding images."""
-    level = [top]
-    while level:
-        for folder in level:
-            subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-            if any(p.suffix.lower() in IMAGE_EXTENSIONS for d in subdirs for p in d.iterdir()):
-                return folder
-        level = sorted(p for f in level for p in f.iterdir() if p.is_dir())
-    raise DatasetError("the archive holds no <class>/<image> folders; expected e.g. "
-                       "50111-0434/<image>.jpg somewhere inside it")
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard-link ``source`` (no copy of a large image set) or copy it where links cannot be made."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
 class PmiAdapter(DatasetAdapter):
     """``<NDC>/<image>``: an ImageFolder tree of one folder per class; manifest rows name files."""
 
@@ -288,7 +245,7 @@ class PmiAdapter(DatasetAdapter):
             fetch_pmi(work, archive=request.source)  # extracts into place of the empty `work`
             return {}
         try:
-            root = image_folder_root(request.source)
+            root = image_folder_root(request.source, example="50111-0434/<image>.jpg")
         except DatasetError:
             raise DatasetError(f"data.source {request.source} holds no <class>/<image> folders; "
                                f"expected e.g. {request.source}/50111-0434/<image>.jpg") from None
@@ -296,7 +253,7 @@ class PmiAdapter(DatasetAdapter):
         for path, _ in samples:
             target = work / Path(path).relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(Path(path), target)
+            link_or_copy(Path(path), target)
         return {}
 
     def inventory(self, raw_dir: Path, label_column: str) -> Inventory:
@@ -306,15 +263,9 @@ class PmiAdapter(DatasetAdapter):
 
     def positions(self, raw_dir: Path, frame: Any) -> np.ndarray:
         """Each manifest row's position in the sorted image list of ``raw_dir``, by its path."""
-        inventory = self.inventory(raw_dir, "label")
-        assert inventory.paths is not None
-        position = {p: i for i, p in enumerate(inventory.paths)}
-        paths = frame["path"].tolist()
-        absent = [p for p in paths if p not in position]
-        if absent:
-            raise DatasetError(f"{len(absent)} manifest image(s) are not in {raw_dir}, e.g. "
-                               f"{absent[:3]}; re-run the split stage (dvc repro split)")
-        return np.array([position[p] for p in paths], dtype=np.int64)
+        paths = self.inventory(raw_dir, "label").paths
+        assert paths is not None
+        return path_positions(paths, frame, raw_dir)
 
     def load(self, raw_dir: Path, parts: Mapping[str, np.ndarray], *, augment: bool,
              label_column: str, image_size: int = 224, crop_size: int = 960,
