@@ -4,10 +4,15 @@
 cost-sensitive learning (the first family of methods in the paper's Sec. 2.1): predict the
 class whose expected cost sum_y p(y | x) c(y, z) is smallest. Comparing the two on the same
 model separates what training bought from what a post-hoc decision rule buys.
+``calibrated_expected_cost`` is the same Bayes rule on temperature-scaled probabilities
+softmax(logits / T), with T fitted per model on validation (:mod:`pipeline.calibration`): the
+raw softmax of a network trained to zero loss is over-confident. Which of the three serves a
+model best is itself chosen on validation; calibration is not assumed to help.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -78,11 +83,22 @@ DecisionRule = Callable[[Tensor, "Tensor | CostMatrix"], Tensor]
 DECISION_RULES: dict[str, DecisionRule] = {
     "argmax": _argmax_rule,
     "expected_cost": _expected_cost_rule,
+    "calibrated_expected_cost": _expected_cost_rule,  # on logits / T: see decide
 }
+# The rules that read the model's fitted temperature.
+CALIBRATED_RULES = frozenset({"calibrated_expected_cost"})
 
 
-def decide(rule: str, logits: Tensor, cost: Tensor | CostMatrix) -> Tensor:
-    """Predicted class indices (LongTensor [N]) from ``logits`` under the named rule."""
+def decide(rule: str, logits: Tensor, cost: Tensor | CostMatrix, temperature: float = 1.0) -> Tensor:
+    """Predicted class indices (LongTensor [N]) from ``logits`` under the named rule.
+
+    ``temperature`` (the model's T from :func:`pipeline.calibration.fit_temperature`) scales the
+    logits of the calibrated rules only.
+    """
     if rule not in DECISION_RULES:
         raise DecisionError(f"unknown decision rule {rule!r}; known: {', '.join(sorted(DECISION_RULES))}")
+    if rule in CALIBRATED_RULES:
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise DecisionError(f"temperature must be a finite number > 0, got {temperature!r}")
+        logits = logits / temperature
     return DECISION_RULES[rule](logits, cost)

@@ -22,7 +22,8 @@ import pandas as pd
 
 from pipeline.fileio import atomic_write_bytes
 
-RULE_LABELS = {"argmax": "argmax", "expected_cost": "expected cost"}
+RULE_LABELS = {"argmax": "argmax", "expected_cost": "expected cost",
+               "calibrated_expected_cost": "expected cost, calibrated"}
 
 
 def _pyplot():

@@ -163,6 +163,20 @@ def summarize(values: Sequence[float]) -> Summary:
     return Summary(mean=mean, sd=sd, lower=mean - half, upper=mean + half, n=n)
 
 
+def mean_interval(values: Sequence[float], level: float = PREDICTION_INTERVAL_LEVEL) -> Summary:
+    """Mean and Student-t confidence interval of the mean, mean +- t_{(1+level)/2, n-1} * sd / sqrt(n).
+
+    For paired differences over replications: does the mean difference exclude 0? Narrower than
+    :func:`summarize`'s prediction interval, which covers one further run. One value: no spread,
+    the interval collapses to (mean, mean).
+    """
+    single = summarize(values)
+    if single.n == 1:
+        return single
+    half = float(stats.t.ppf(0.5 + level / 2, df=single.n - 1)) * single.sd / math.sqrt(single.n)
+    return Summary(mean=single.mean, sd=single.sd, lower=single.mean - half, upper=single.mean + half, n=single.n)
+
+
 def aggregate_replications(runs: Sequence[Mapping[str, Any]]) -> dict[str, Summary]:
     """Summaries of each metric key present in every run (in the first run's key order).
 

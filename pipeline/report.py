@@ -26,7 +26,10 @@ from pipeline.metrics import Summary, check_top_k, format_mean_sd
 RULE_TITLES = {
     "argmax": "argmax (predict the highest-scoring class)",
     "expected_cost": "expected cost (predict the class with the least expected cost under the softmax)",
+    "calibrated_expected_cost": "calibrated expected cost (the same rule on softmax(logits / T), T fitted "
+                                "per model on validation)",
 }
+SHORT_RULES = {"argmax": "argmax", "expected_cost": "exp-cost", "calibrated_expected_cost": "calibrated"}
 MISSING = "n/a"
 SCREEN_WIDTH = 100
 
@@ -133,6 +136,65 @@ def _extra_value(value: Any) -> str:
     return str(value)
 
 
+def _percent(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def recommendation_lines(recommendation: Mapping[str, Any]) -> list[str]:
+    """The recommended model beside the baseline, and whether the test difference is real."""
+    method, rule = recommendation["method"], recommendation["decision_rule"]
+    base, diff = recommendation["baseline"], recommendation["paired_difference"]
+    name = f"{_display(method)}, decision rule {rule}"
+    lines = [
+        f"Recommended: **{_md(name)}**, the lowest mean validation WER of every (method, decision rule) "
+        "pair; the baseline wins ties, so the recommendation is never worse than the baseline on validation.",
+        "",
+        f"| | Baseline ({base['decision_rule']}) | Recommended ({_md(name)}) |",
+        "|---|---:|---:|",
+        f"| Validation WER (%) | {_percent(base['val_wer'])} | {_percent(recommendation['val_wer'])} |",
+        f"| Test WER (%) | {_percent(base['test_wer'])} | {_percent(recommendation['test_wer'])} |",
+        f"| Test accuracy (%) | {_percent(base['test_accuracy'])} | {_percent(recommendation['test_accuracy'])} |",
+        "",
+    ]
+    if method == "baseline" and rule == base["decision_rule"]:
+        return lines + ["No method beat the baseline on validation: keep the baseline model as it is."]
+    span = (f"{_percent(diff['mean'])} points, 90% confidence interval [{_percent(diff['lower'])}, "
+            f"{_percent(diff['upper'])}] over {diff['n']} paired replication(s)")
+    if diff["n"] < 2:
+        verdict = "One run: no interval, so no claim beyond this test set."
+    elif diff["includes_zero"]:
+        verdict = "The interval includes 0: on the test set the difference is within noise."
+    elif diff["mean"] < 0:
+        verdict = "The interval excludes 0: the recommended model's test WER is lower than the baseline's."
+    else:
+        verdict = "The interval excludes 0 on the wrong side: on the test set the recommended model is worse."
+    return lines + [f"Test WER difference (recommended - baseline): {span}. {verdict}",
+                    "",
+                    "A fine-tuning run keeps its epoch of lowest validation WER, so its validation WER is "
+                    "optimistic; the test columns are the unbiased comparison."]
+
+
+def search_lines(search: Mapping[str, Any]) -> list[str]:
+    """What the search tried and chose per method (chosen.json of the search stage)."""
+    lines = [f"Settings chosen on validation WER; a setting could lose at most the accuracy down to "
+             f"{_percent(search['accuracy_floor'])}% on validation (the baseline's minus search.max_accuracy_drop).",
+             "",
+             "| Method | Trials (stopped early) | Chosen | Epochs | Validation WER (%) | Validation accuracy (%) |",
+             "|---|---:|---|---:|---:|---:|"]
+    for method, entry in search["methods"].items():
+        if not entry.get("searched"):
+            reason = entry.get("note", "not searched")
+            lines.append(f"| {_md(_display(method))} | {entry.get('trials', 0)} | recipe settings: {_md(reason)} "
+                         f"| {entry['settings']['optim']['epochs']} | | |")
+            continue
+        best = entry["best"]
+        values = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(best["values"].items()))
+        flag = "" if best["feasible"] else " (accuracy below the floor)"
+        lines.append(f"| {_md(_display(method))} | {entry['trials']} ({entry['stopped_early']}) | {_md(values) or 'n/a'} "
+                     f"| {best['epoch']} | {_percent(best['val_wer'])}{flag} | {_percent(best['val_accuracy'])} |")
+    return lines
+
+
 def render_report(
     summary: Mapping[str, Any],
     cost: CostMatrix,
@@ -142,10 +204,13 @@ def render_report(
     rule: str = "argmax",
     extra: Mapping[str, Any] | None = None,
     score_notes: Mapping[str, str] | None = None,
+    recommendation: Mapping[str, Any] | None = None,
+    search: Mapping[str, Any] | None = None,
 ) -> str:
-    """The Markdown report: a header, the table under ``rule``, then one per other rule.
+    """The Markdown report: a header, the recommendation, the table under ``rule``, then one per
+    other rule, then what the search chose.
 
-    ``score_notes`` (method -> text) are printed under the expected-cost table for the methods
+    ``score_notes`` (method -> text) are printed under the expected-cost tables for the methods
     whose scores are not calibrated logits (``pipeline.methods.MethodSpec.scores_note``)."""
     methods = _check_summary(summary, rule)
     if not isinstance(dataset, str) or not dataset.strip():
@@ -160,6 +225,8 @@ def render_report(
         "",
         f"Runs per method: {rep_text}.",
         "",
+        *(["## Recommendation", "", *recommendation_lines(recommendation), ""]
+          if recommendation and "paired_difference" in recommendation else []),
         "## Cost matrix",
         "",
         *_cost_lines(cost, top_k),
@@ -181,8 +248,10 @@ def render_report(
     for r in rules:
         lines += ["", f"## Decision rule: {RULE_TITLES.get(r, r)}", ""]
         lines += _table(summary, methods, r, cost, top_k)
-        if r == "expected_cost":
+        if r != "argmax":
             lines += [line for m in methods if m in (score_notes or {}) for line in ("", score_notes[m])]
+    if search:
+        lines += ["", "## Hyperparameter search", "", *search_lines(search)]
     return "\n".join(lines) + "\n"
 
 
@@ -216,27 +285,24 @@ def one_screen_summary(
 ) -> str:
     """A plain-text table of the headline numbers and the output paths, within 100 columns.
 
-    One line per method: runs, WER under ``rule`` and under the other rule, total cost, the
-    error rate of the costliest pair (when ``top_k`` >= 1) and accuracy; then one line per entry
-    of ``paths`` (label -> path). Cells are ``mean (sd)`` as in the report.
+    One line per method: runs, WER under ``rule`` and under each other rule, the error rate of
+    the costliest pair (when ``top_k`` >= 1) and accuracy; then one line per entry of ``paths``
+    (label -> path). Cells are ``mean (sd)`` as in the report.
     """
     methods = _check_summary(summary, rule)
     top_k = check_top_k(top_k, cost)
-    other = "expected_cost" if rule != "expected_cost" else "argmax"
-    short = {"argmax": "argmax", "expected_cost": "exp-cost"}
-    rule_name, other_name = short.get(rule, rule), short.get(other, other)
+    present = {r for rules in summary.values() for r in rules}
+    others = sorted(present - {rule}, key=_rule_order)
+    rule_name = SHORT_RULES.get(rule, rule)
     # (header, rule, metric key, scale, digits, width)
-    columns = [
-        (f"WER % {rule_name}", rule, "wer", 100.0, 2, 13),
-        (f"WER % {other_name}", other, "wer", 100.0, 2, 13),
-        (f"cost {rule_name}", rule, "total_cost", 1.0, 1, 15),
-    ]
+    columns = [(f"WER % {rule_name}", rule, "wer", 100.0, 2, 13)]
+    columns += [(f"WER % {SHORT_RULES.get(r, r)}", r, "wer", 100.0, 2, 13) for r in others[:2]]
     if top_k:
         columns.append(("top-1 pair %", rule, "top1_pair_error_rate", 100.0, 2, 13))
     columns.append(("accuracy %", rule, "accuracy", 100.0, 2, 13))
 
     def row(name: str, runs: str, cells: list[str]) -> str:
-        text = f"{name[:10]:<10} {runs:>4}" + "".join(f"  {c:>{col[5]}}" for c, col in zip(cells, columns))
+        text = f"{name[:14]:<14} {runs:>4}" + "".join(f"  {c:>{col[5]}}" for c, col in zip(cells, columns))
         return text.rstrip()[:SCREEN_WIDTH]
 
     title = f"Evaluation{f' of {dataset}' if dataset else ''}: mean (sd) over replications, rule {rule}"
@@ -251,3 +317,18 @@ def one_screen_summary(
     if paths:
         lines.append(_fit("outputs: " + ", ".join(f"{label} {path}" for label, path in paths.items()), SCREEN_WIDTH))
     return "\n".join(lines) + "\n"
+
+
+def recommendation_line(recommendation: Mapping[str, Any]) -> str:
+    """Three console lines: the recommended model, and its test WER and accuracy against the baseline's."""
+    base, diff = recommendation["baseline"], recommendation["paired_difference"]
+    interval = ""
+    if diff["n"] > 1:
+        interval = f", 90% CI [{_percent(diff['lower'])}, {_percent(diff['upper'])}]" + (
+            ": within noise" if diff["includes_zero"] else "")
+    chosen = f"{_display(recommendation['method'])}, decision rule {recommendation['decision_rule']}"
+    return "\n".join(_fit(line, SCREEN_WIDTH) for line in (
+        f"recommended on validation: {chosen}",
+        f"  test WER %: {_percent(recommendation['test_wer'])} vs {_percent(base['test_wer'])} for the baseline; "
+        f"difference {_percent(diff['mean'])}{interval}",
+        f"  test accuracy %: {_percent(recommendation['test_accuracy'])} vs {_percent(base['test_accuracy'])}"))

@@ -6,12 +6,14 @@ recommended model. Writes the DVC metrics, tables and plots of pipeline.evaluati
 and the PNG figures of pipeline.figures.
 """
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pandas as pd
 from torch.utils.data import DataLoader
 
+from pipeline.calibration import fit_temperature
 from pipeline.checkpoints import HISTORY_FILE
 from pipeline.config import Config
 from pipeline.costs import CostMatrix
@@ -65,16 +67,25 @@ def validation_wer(predictions: list[RunPredictions], cost: CostMatrix) -> dict[
             for run in predictions}
 
 
+def calibrated(predictions: list[RunPredictions], temperatures: list[float]) -> list[RunPredictions]:
+    return [dataclasses.replace(run, temperature=t) for run, t in zip(predictions, temperatures)]
+
+
 def predict(baseline: Path, finetune: Path, cost_file: Path, device: str = "cpu"):
-    """Every run's test predictions and validation WERs (a GPU worker may run this)."""
+    """Every run's test predictions and validation WERs (a GPU worker may run this).
+
+    Each model's temperature is fitted on its validation outputs, then applied to both splits
+    under the calibrated rule: the test split is never looked at to choose anything."""
     runs = trained_runs(baseline, finetune)
     job = TrainJob.from_dict(json.loads((baseline / HISTORY_FILE).read_text())["job"])
     data = load_prepared(job.dataset, Path(job.raw_dir), Path(job.manifest), augment=False,
                          label_column=job.label_column)
     cost = CostMatrix.load(cost_file)
     cost.check_classes(data.classes)
-    predictions = split_predictions(runs, data, cost, "test", device)
-    return predictions, validation_wer(split_predictions(runs, data, cost, "val", device), cost)
+    validation = split_predictions(runs, data, cost, "val", device)
+    temperatures = [fit_temperature(run.logits, run.labels) for run in validation]
+    predictions = calibrated(split_predictions(runs, data, cost, "test", device), temperatures)
+    return predictions, validation_wer(calibrated(validation, temperatures), cost)
 
 
 def draw_figures(results: Path, cost: CostMatrix) -> None:

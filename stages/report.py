@@ -4,10 +4,17 @@ import json
 
 from pipeline.config import Config
 from pipeline.costs import CostMatrix
-from pipeline.evaluation import DISPLAY_NAMES, SUMMARY_FILE
+from pipeline.evaluation import SUMMARY_FILE
 from pipeline.methods import METHODS
-from pipeline.report import one_screen_summary, render_report, write_report
+from pipeline.report import (
+    one_screen_summary,
+    recommendation_line,
+    render_report,
+    write_report,
+)
 from pipeline.stage import run_stage
+
+CHOSEN_FILE = "chosen.json"  # written by the search stage
 
 
 def main(config: Config) -> str:
@@ -15,17 +22,20 @@ def main(config: Config) -> str:
     summary = json.loads((results / SUMMARY_FILE).read_text())
     methods, recommendation = summary["methods"], summary["recommendation"]
     cost = CostMatrix.load(config.paths.cost)
+    search = json.loads((config.paths.search / CHOSEN_FILE).read_text())
     text = render_report(methods, cost, dataset=config.dataset, top_k=config.top_k,
                          extra={"replications": config.replications, "model": config.model},
-                         score_notes={name: spec.scores_note for name, spec in METHODS.items() if spec.scores_note})
+                         score_notes={name: spec.scores_note for name, spec in METHODS.items() if spec.scores_note},
+                         recommendation=recommendation, search=search)
     write_report(text, config.paths.report)
     print(one_screen_summary(methods, cost, dataset=config.dataset, top_k=config.top_k, paths={
         "report": str(config.paths.report),
         "figures": str(results / "figures"),
         "all numbers": str(results / SUMMARY_FILE),
     }), end="")
-    chosen = f"{DISPLAY_NAMES.get(recommendation['method'], recommendation['method'])}, {recommendation['decision_rule']}"
-    return f"recommended on validation: {chosen} -> {config.paths.report}"
+    if "paired_difference" in recommendation:
+        print(recommendation_line(recommendation))
+    return f"-> {config.paths.report}"
 
 
 if __name__ == "__main__":

@@ -83,6 +83,6 @@ def test_shape_errors(probs, cost, message):
 
 
 def test_unknown_rule_lists_known_ones():
-    assert set(DECISION_RULES) == {"argmax", "expected_cost"}
-    with pytest.raises(DecisionError, match="unknown decision rule 'bayes'; known: argmax, expected_cost"):
+    assert set(DECISION_RULES) == {"argmax", "expected_cost", "calibrated_expected_cost"}
+    with pytest.raises(DecisionError, match="unknown decision rule 'bayes'; known: argmax, calibrated_expected_cost, expected_cost"):
         decide("bayes", torch.zeros(1, 3), COST)

@@ -89,12 +89,12 @@ def test_written_summary_and_full_evaluation(tmp_path):
     assert on_disk == summary
     headline = json.loads((tmp_path / "metrics/headline.json").read_text())
     assert headline["csada"]["argmax"] == {"wer": summary["csada"]["argmax"]["wer"]["mean"],
-                                           "accuracy": summary["csada"]["argmax"]["accuracy"]["mean"],
-                                           "total_cost": summary["csada"]["argmax"]["total_cost"]["mean"],
-                                           "top1_pair_error": summary["csada"]["argmax"]["top1_pair_error_rate"]["mean"]}
-    assert sum(len(metrics) for rules in headline.values() for metrics in rules.values()) == 2 * 2 * 4
+                                           "accuracy": summary["csada"]["argmax"]["accuracy"]["mean"]}
+    assert headline["csada"]["calibrated_expected_cost"] == {
+        "wer": summary["csada"]["calibrated_expected_cost"]["wer"]["mean"]}
+    assert sum(len(metrics) for rules in headline.values() for metrics in rules.values()) == 2 * (3 + 1)
     assert set(on_disk) == {"baseline", "csada"}
-    assert set(on_disk["csada"]) == {"argmax", "expected_cost"}
+    assert set(on_disk["csada"]) == {"argmax", "expected_cost", "calibrated_expected_cost"}
     assert set(on_disk["csada"]["argmax"]["wer"]) == {"mean", "sd", "lower", "upper", "n"}
     full = json.loads((tmp_path / "tables/evaluation.json").read_text())
     assert full["csada"]["runs"]["csada-r1"]["argmax"]["wer"] == 0.0
@@ -106,7 +106,7 @@ def test_pair_tables_parse_back(tmp_path):
     write_evaluation(RUNS, COST, tmp_path, top_k=2)
     pairs = pd.read_csv(tmp_path / "tables/pair_errors.csv")
     assert tuple(pairs.columns) == PAIR_COLUMNS
-    assert len(pairs) == 3 * 2 * 6  # runs x rules x off-diagonal pairs
+    assert len(pairs) == 3 * 3 * 6  # runs x rules x off-diagonal pairs
     row = pairs.query("run == 'csada-r0' and rule == 'argmax' and true_class == 'c' and predicted_class == 'a'")
     assert row[["cost", "cost_rank", "errors", "class_count", "rate"]].values.tolist() == [[5.0, 1, 1, 1, 1.0]]
     assert pairs.loc[pairs["run"] == "baseline", "replication"].isna().all()
@@ -117,7 +117,7 @@ def test_pair_tables_parse_back(tmp_path):
     assert str(parquet["replication"].dtype) == "Int64"
 
     top = pd.read_csv(tmp_path / "tables/top_pairs.csv")
-    assert len(top) == 3 * 2 * 2
+    assert len(top) == 3 * 3 * 2
     first = top[(top["run"] == "csada-r0") & (top["rule"] == "argmax")]
     assert first["cost_rank"].tolist() == [1, 2]
     assert list(zip(first["true_class"], first["predicted_class"])) == [("c", "a"), ("a", "c")]
@@ -126,12 +126,26 @@ def test_pair_tables_parse_back(tmp_path):
 
 def test_confusion_csvs_of_the_baseline_and_the_recommended_model(tmp_path):
     # csada's replications have the lowest validation WER under argmax: it is recommended.
-    validation = {"baseline": {"argmax": 0.5, "expected_cost": 0.5}, "csada-r0": {"argmax": 0.2, "expected_cost": 0.6},
-                  "csada-r1": {"argmax": 0.3, "expected_cost": 0.6}}
+    validation = {"baseline": {"argmax": 0.5, "expected_cost": 0.5, "calibrated_expected_cost": 0.5},
+                  "csada-r0": {"argmax": 0.2, "expected_cost": 0.6, "calibrated_expected_cost": 0.6},
+                  "csada-r1": {"argmax": 0.3, "expected_cost": 0.6, "calibrated_expected_cost": 0.6}}
     write_evaluation(RUNS, COST, tmp_path, top_k=2, validation=validation)
     recommendation = json.loads((tmp_path / "recommendation.json").read_text())
     assert (recommendation["method"], recommendation["decision_rule"]) == ("csada", "argmax")
     assert recommendation["val_wer"] == pytest.approx(0.25)
+    # Test side, by hand: r0 (MIXED) has WER 2.25 and accuracy 0.5 like the baseline, r1 (CONFIDENT)
+    # WER 0 and accuracy 1; paired differences [0, -2.25]: mean -1.125, sd 2.25 / sqrt 2, so the
+    # 90% interval is -1.125 +- t(0.95, 1) * 1.125, which includes 0.
+    assert recommendation["baseline"] == {"decision_rule": "argmax", "val_wer": 0.5, "test_wer": 2.25,
+                                          "test_accuracy": 0.5}
+    assert (recommendation["test_wer"], recommendation["test_accuracy"]) == (1.125, 0.75)
+    diff = recommendation["paired_difference"]
+    assert diff["mean"] == pytest.approx(-1.125) and diff["n"] == 2 and diff["includes_zero"]
+    assert diff["lower"] == pytest.approx(-1.125 - T90_DF1 * 1.125)
+    assert diff["upper"] == pytest.approx(-1.125 + T90_DF1 * 1.125)
+    headline = json.loads((tmp_path / "metrics/headline.json").read_text())
+    assert headline["recommended"] == {"val_wer": 0.25, "test_wer": 1.125, "test_accuracy": 0.75,
+                                       "wer_difference": pytest.approx(-1.125)}
     conf = pd.read_csv(tmp_path / "plots/confusion/recommended.csv")
     assert list(conf.columns) == ["actual", "predicted"]
     # Both replications pooled, r0 (MIXED: a, c, b, a) then r1 (CONFIDENT: right every time).
@@ -142,12 +156,33 @@ def test_confusion_csvs_of_the_baseline_and_the_recommended_model(tmp_path):
 
 def test_the_baseline_wins_every_tie_and_is_recommended_when_nothing_beats_it():
     runs = {"ap": ["ap-r0"], "baseline": ["baseline"]}  # the baseline listed last: ties must still go to it
-    tie = {"baseline": {"argmax": 0.4, "expected_cost": 0.5}, "ap-r0": {"argmax": 0.4, "expected_cost": 0.4}}
+
+    def rules(argmax, expected, calibrated):
+        return {"argmax": argmax, "expected_cost": expected, "calibrated_expected_cost": calibrated}
+
+    tie = {"baseline": rules(0.4, 0.5, 0.5), "ap-r0": rules(0.4, 0.4, 0.45)}
     assert (recommend(tie, runs)["method"], recommend(tie, runs)["decision_rule"]) == ("baseline", "argmax")
-    worse = {"baseline": {"argmax": 0.4, "expected_cost": 0.5}, "ap-r0": {"argmax": 0.41, "expected_cost": 0.45}}
+    worse = {"baseline": rules(0.4, 0.5, 0.5), "ap-r0": rules(0.41, 0.45, 0.42)}
     assert recommend(worse, runs)["method"] == "baseline"
-    better = {"baseline": {"argmax": 0.4, "expected_cost": 0.3}, "ap-r0": {"argmax": 0.41, "expected_cost": 0.45}}
+    better = {"baseline": rules(0.4, 0.3, 0.35), "ap-r0": rules(0.41, 0.45, 0.45)}
     assert (recommend(better, runs)["method"], recommend(better, runs)["decision_rule"]) == ("baseline", "expected_cost")
+    calibrated = {"baseline": rules(0.4, 0.5, 0.2), "ap-r0": rules(0.41, 0.45, 0.3)}
+    assert recommend(calibrated, runs)["decision_rule"] == "calibrated_expected_cost"
+
+
+def test_when_every_method_hurts_on_validation_the_baseline_is_recommended_with_no_difference(tmp_path):
+    # CONFIDENT is right on every test sample, but on validation every fine-tuned run is worse
+    # than the baseline under every rule: the product keeps the baseline, whatever the test says.
+    runs = [run("baseline", None, MIXED), run("ap", 0, CONFIDENT), run("ap", 1, CONFIDENT), run("csada", 0, CONFIDENT)]
+    validation = {"baseline": {"argmax": 0.3, "expected_cost": 0.35, "calibrated_expected_cost": 0.31},
+                  **{name: {"argmax": 0.31, "expected_cost": 0.4, "calibrated_expected_cost": 0.5}
+                     for name in ("ap-r0", "ap-r1", "csada-r0")}}
+    write_evaluation(runs, COST, tmp_path, top_k=1, validation=validation)
+    recommendation = json.loads((tmp_path / "recommendation.json").read_text())
+    assert (recommendation["method"], recommendation["decision_rule"]) == ("baseline", "argmax")
+    assert recommendation["test_wer"] == recommendation["baseline"]["test_wer"] == 2.25
+    assert recommendation["paired_difference"] == {"mean": 0.0, "lower": 0.0, "upper": 0.0, "n": 1,
+                                                   "includes_zero": None}  # one run: no interval
 
 
 def test_history_plots_keep_the_baseline_and_the_fine_tuning_apart(tmp_path):

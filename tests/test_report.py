@@ -104,12 +104,12 @@ def test_one_screen_summary_fits():
     lines = text.splitlines()
     assert len(lines) <= 25
     assert all(len(line) <= 100 for line in lines), max(map(len, lines))
-    assert lines[1].split() == ["method", "runs", "WER", "%", "argmax", "WER", "%", "exp-cost", "cost", "argmax",
+    assert lines[1].split() == ["method", "runs", "WER", "%", "argmax", "WER", "%", "exp-cost",
                                 "top-1", "pair", "%", "accuracy", "%"]
     assert [line.split()[0] for line in lines[2:7]] == ["baseline", "csada", "ap", "sosr", "zeta"]
     assert re.split(r"\s{2,}", lines[3].strip()) == [
-        "csada", "5", "4.20 (0.03)", "4.00 (0.02)", "42.0 (0.3)", "1.00 (0.00)", "95.00 (0.05)"]
-    assert lines[2].split()[1:] == ["1", "5.49", "5.00", "54.9", "1.00", "95.00"]
+        "csada", "5", "4.20 (0.03)", "4.00 (0.02)", "1.00 (0.00)", "95.00 (0.05)"]
+    assert lines[2].split()[1:] == ["1", "5.49", "5.00", "1.00", "95.00"]
     assert "c -> a, cost 5" in text
     assert lines[-1] == "outputs: report reports/report.md, figures results/figures"
     long = one_screen_summary(SUMMARY, COST, paths={"report": "x/" * 80 + "end.csv"}, top_k=2)
@@ -133,3 +133,53 @@ def test_report_bad_input(summary, kwargs, match):
     args = {"dataset": "d", "top_k": 1, **kwargs}
     with pytest.raises(UserError, match=match):  # ReportError, or MetricsError for top_k
         render_report(summary, COST, **args)
+
+
+def recommendation(method="csada", rule="argmax", mean=-0.01, lower=-0.02, upper=-0.001, n=5):
+    return {"method": method, "decision_rule": rule, "val_wer": 0.04, "test_wer": 0.045, "test_accuracy": 0.951,
+            "baseline": {"decision_rule": "argmax", "val_wer": 0.05, "test_wer": 0.055, "test_accuracy": 0.95},
+            "paired_difference": {"mean": mean, "lower": lower, "upper": upper, "n": n,
+                                  "includes_zero": lower <= 0 <= upper}}
+
+
+def test_the_report_opens_with_the_recommendation_and_says_whether_the_difference_is_noise():
+    text = render_report(SUMMARY, COST, dataset="d", top_k=1, recommendation=recommendation())
+    section = text.split("## Recommendation", 1)[1].split("\n## ", 1)[0]
+    assert "Recommended: **CSADA, decision rule argmax**" in section
+    assert table(text, "## Recommendation") == [
+        "| | Baseline (argmax) | Recommended (CSADA, decision rule argmax) |", "|---|---:|---:|",
+        "| Validation WER (%) | 5.00 | 4.00 |", "| Test WER (%) | 5.50 | 4.50 |",
+        "| Test accuracy (%) | 95.00 | 95.10 |"]
+    assert "-1.00 points, 90% confidence interval [-2.00, -0.10] over 5 paired" in section
+    assert "excludes 0: the recommended model's test WER is lower" in section
+    assert text.index("## Recommendation") < text.index("## Decision rule")
+    noisy = render_report(SUMMARY, COST, dataset="d", top_k=1, recommendation=recommendation(upper=0.004))
+    assert "The interval includes 0: on the test set the difference is within noise." in noisy
+    worse = render_report(SUMMARY, COST, dataset="d", top_k=1, recommendation=recommendation(0.01, 0.002, 0.02))
+    assert "on the test set the recommended model is worse" in worse
+    kept = render_report(SUMMARY, COST, dataset="d", top_k=1,
+                         recommendation=recommendation("baseline", mean=0.0, lower=0.0, upper=0.0, n=1))
+    assert "No method beat the baseline on validation: keep the baseline model as it is." in kept
+
+
+def test_the_report_shows_what_the_search_chose():
+    search = {"accuracy_floor": 0.9415, "methods": {
+        "csada": {"searched": True, "trials": 7, "stopped_early": 3, "settings": {"optim": {"epochs": 7}},
+                  "best": {"trial": 2, "epoch": 7, "val_wer": 0.0986, "val_accuracy": 0.949, "feasible": True,
+                           "values": {"adv_weight": 4.25, "lr": 0.0001, "steps": 6}}},
+        "ap": {"searched": False, "trials": 0, "note": "not searched (search.max_trials is 0)",
+               "settings": {"optim": {"epochs": 8}}}}}
+    text = render_report(SUMMARY, COST, dataset="d", top_k=1, search=search)
+    rows = table(text, "## Hyperparameter search")
+    assert rows[2] == "| CSADA | 7 (3) | adv_weight 4.25, lr 0.0001, steps 6 | 7 | 9.86 | 94.90 |"
+    assert rows[3] == "| AP | 0 | recipe settings: not searched (search.max_trials is 0) | 8 | | |"
+    assert "down to 94.15% on validation" in text
+
+
+def test_the_console_recommendation_lines_fit_the_screen():
+    from pipeline.report import recommendation_line
+
+    lines = recommendation_line(recommendation(upper=0.002)).splitlines()
+    assert lines[0] == "recommended on validation: CSADA, decision rule argmax"
+    assert lines[1] == "  test WER %: 4.50 vs 5.50 for the baseline; difference -1.00, 90% CI [-2.00, 0.20]: within noise"
+    assert lines[2] == "  test accuracy %: 95.10 vs 95.00" and all(len(line) <= 100 for line in lines)
