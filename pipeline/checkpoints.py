@@ -109,6 +109,13 @@ class RunStore:
             stream.write(data)
         self._fs.move(temporary, target)
 
+    def read_json(self, name: str) -> Any | None:
+        """A JSON file of this folder, or None when it is absent."""
+        return json.loads(self._read(name)) if self._exists(name) else None
+
+    def write_json(self, name: str, data: Any) -> None:
+        self._write(json.dumps(data, indent=1, sort_keys=True).encode(), name)
+
     def load_state(self) -> dict[str, Any] | None:
         """The latest checkpoint, or None when the run has not saved one yet."""
         if not self._exists(CHECKPOINT_FILE):

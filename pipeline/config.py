@@ -39,7 +39,7 @@ from pipeline.optim import OPTIMIZERS, OptimConfig
 RECIPE_DIR = "recipes"
 # Keys of a training section that configure the optimisation; the others are the method's own.
 OPTIM_KEYS = frozenset(OptimConfig.__dataclass_fields__)
-POSITIVE = {"eps", "steps", "step_size", "temperature", "lr", "batch_size", "lr_step_epochs", "head_only_lr"}
+POSITIVE = {"eps", "steps", "step_size", "temperature", "lr", "batch_size", "lr_step_epochs", "head_only_lr", "beta"}
 NON_NEGATIVE = {"adv_weight", "alpha", "weight_decay", "momentum", "head_only_epochs", "lr_gamma"}
 INTEGERS = {"epochs", "steps", "batch_size", "lr_step_epochs", "head_only_epochs"}
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -121,6 +121,17 @@ class MethodConfig:
     name: str
     optim: OptimConfig
     options: Mapping[str, Any] = field(default_factory=dict)
+    # Keys set in params.yaml's finetune.<method>: the search leaves them as they are.
+    pinned: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The validation search of each method's hyperparameters (pipeline.search)."""
+
+    max_trials: int = 12  # per method; 0: no search, the recipe's values as they are
+    time_budget_s: float = 600.0  # wall clock for the whole search, shared by the methods
+    max_accuracy_drop: float = 0.005  # of validation accuracy below the baseline's (0.005: half a point)
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,7 @@ class Paths:
     manifest: Path
     cost: Path
     baseline: Path
+    search: Path
     finetune: Path
     evaluation: Path
     report: Path
@@ -187,6 +199,7 @@ class Config:
     ray: RayConfig
     top_k: int
     paths: Paths
+    search: SearchConfig = SearchConfig()
 
 
 # Where each Config field comes from: params.yaml keys, and ``recipe`` for the data set's recipe
@@ -205,9 +218,10 @@ PARAM_SOURCES: dict[str, tuple[str, ...]] = {
     "baseline": ("baseline", "recipe"),
     "methods": ("finetune.methods", *(f"finetune.{m}" for m in FINETUNE_METHODS), "recipe"),
     "replications": ("finetune.replications",),
+    "search": ("search",),
     "ray": ("ray",),
     "top_k": ("recipe",),
-    **{f"paths.{name}": ("dataset",) for name in ("raw", "manifest", "cost", "baseline", "finetune")},
+    **{f"paths.{name}": ("dataset",) for name in ("raw", "manifest", "cost", "baseline", "search", "finetune")},
     "paths.evaluation": (),
     "paths.report": (),
 }
@@ -309,6 +323,20 @@ def _ray_config(section: Mapping[str, Any], available_cpus: int | None) -> RayCo
     )
 
 
+def _search_config(section: Mapping[str, Any]) -> SearchConfig:
+    _check_keys(section, set(SearchConfig.__dataclass_fields__), "search")
+    default = SearchConfig()
+    budget = section.get("time_budget_s", default.time_budget_s)
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (math.isfinite(budget) and budget > 0):
+        raise _fail("search.time_budget_s", budget, "expected a number of seconds > 0")
+    drop = section.get("max_accuracy_drop", default.max_accuracy_drop)
+    if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
+        raise _fail("search.max_accuracy_drop", drop, "expected a fraction of accuracy in [0, 1] (0.005: half a point)")
+    return SearchConfig(max_trials=_positive_int(section.get("max_trials", default.max_trials), "search.max_trials",
+                                                 minimum=0),
+                        time_budget_s=float(budget), max_accuracy_drop=float(drop))
+
+
 def _data_config(data: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str) -> DataConfig:
     _check_keys(data, {"source", "download", "label_column", "verify_checksums"}, "data")
     split = _mapping(recipe.get("split"), f"{RECIPE_DIR}/{dataset}.yaml:split")
@@ -343,7 +371,8 @@ def _methods(finetune: Mapping[str, Any], recipe: Mapping[str, Any], dataset: st
         optim, options = _resolve_training(
             _mapping(recipe.get(name), f"{RECIPE_DIR}/{dataset}.yaml:{name}"), _mapping(finetune.get(name), f"finetune.{name}"),
             f"finetune.{name}", set(OPTIM_KEYS) | set(METHODS[name].options()), dataset)
-        methods.append(MethodConfig(name=name, optim=optim, options=options))
+        pinned = frozenset(k for k, v in _mapping(finetune.get(name), f"finetune.{name}").items() if v is not None)
+        methods.append(MethodConfig(name=name, optim=optim, options=options, pinned=pinned))
     return tuple(methods)
 
 
@@ -370,7 +399,7 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
         params = read_yaml(path, "run from the repository root, or pass the params file")
         recipe_dir = recipe_dir if recipe_dir is not None else path.parent / RECIPE_DIR
     available_cpus = os.cpu_count() if available_cpus is None else available_cpus
-    _check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "ray"}, "<top>")
+    _check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "search", "ray"}, "<top>")
     dataset = params.get("dataset", "digits")
     if dataset not in DATASETS:
         raise _fail("dataset", dataset, f"valid: {', '.join(DATASETS)}")
@@ -399,12 +428,14 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
         methods=_methods(finetune, recipe, dataset),
         replications=_positive_int(finetune.get("replications", 3), "finetune.replications"),
         ray=_ray_config(_mapping(params.get("ray"), "ray"), available_cpus),
+        search=_search_config(_mapping(params.get("search"), "search")),
         top_k=_positive_int(evaluate.get("top_k", 3), f"{RECIPE_DIR}/{dataset}.yaml:evaluate.top_k"),
         paths=Paths(
             raw=Path("data/raw") / dataset,
             manifest=Path("data/split") / f"{dataset}.parquet",
             cost=Path("data/costs") / f"{dataset}.csv",
             baseline=Path("models") / dataset / "baseline",
+            search=Path("models") / dataset / "search",
             finetune=Path("models") / dataset / "finetune",
             evaluation=Path("results"),
             report=Path("results") / "report.md",

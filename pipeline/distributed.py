@@ -79,10 +79,15 @@ def storage_root(ray_config: RayConfig, root: Path) -> str:
     return path if "://" in path else str((root / path).resolve())
 
 
-def run_location(storage: str, job: TrainJob) -> str:
-    """The run's folder under ``storage``; a URI keeps its query (an S3 endpoint) at the end."""
+def storage_location(storage: str, name: str) -> str:
+    """The folder ``name`` under ``storage``; a URI keeps its query (an S3 endpoint) at the end."""
     path, query = storage.split("?", 1) if "?" in storage else (storage, "")
-    return f"{path.rstrip('/')}/{run_name(job)}" + (f"?{query}" if query else "")
+    return f"{path.rstrip('/')}/{name}" + (f"?{query}" if query else "")
+
+
+def run_location(storage: str, job: TrainJob) -> str:
+    """The run's folder under ``storage``."""
+    return storage_location(storage, run_name(job))
 
 
 def run_jobs(jobs: list[TrainJob], ray_config: RayConfig, root: Path, experiment: str) -> list[RunStore]:
@@ -127,6 +132,9 @@ def _fit(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str, 
                  else {"CPU": TRIAL_DRIVER_CPUS})
     settings = {"ray": {k: getattr(ray_config, k) for k in RayConfig.__dataclass_fields__},
                 "root": str(root.resolve()), "storage": storage, "use_gpu": gpu,
+                # Where each run lives is decided here, once: a trial that computed it again from
+                # code edited since the stage started would train into a folder the stage never reads.
+                "stores": {job.name: run_location(storage, job) for job in jobs},
                 "checkpoint_interval_s": float(os.environ.get("CSADA_CHECKPOINT_INTERVAL_S", CHECKPOINT_INTERVAL_S))}
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(_trial, resources),
@@ -153,7 +161,7 @@ def _trial(settings: dict[str, Any]) -> None:
     """One Tune trial: train its job here, or drive a TorchTrainer for a multi-worker run."""
     job = TrainJob.from_dict(settings["job"])
     ray_config = RayConfig(**settings["ray"])
-    config = {"job": settings["job"], "root": settings["root"], "store": run_location(settings["storage"], job),
+    config = {"job": settings["job"], "root": settings["root"], "store": settings["stores"][job.name],
               "cpus": ray_config.cpus_per_worker, "checkpoint_interval_s": settings["checkpoint_interval_s"]}
     if ray_config.num_workers == 1:
         train_func({**config, "session": "tune"})

@@ -1,49 +1,41 @@
 """DVC stage 'finetune': every method x replication, fine-tuned from the baseline, as one Ray Tune sweep.
 
-Each run's epoch is selected by validation WER. Outcomes land in models/<dataset>/finetune/<run>/,
-listed in runs.json (the index the evaluate stage reads).
+Each method runs with the settings the search stage chose on validation
+(models/<dataset>/search/chosen.json), for ``finetune.replications`` fresh seeds; each run's
+epoch is selected by validation WER. Outcomes land in models/<dataset>/finetune/<run>/, listed in
+runs.json (the index the evaluate stage reads).
 """
 
-import dataclasses
 import json
 from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.distributed import run_jobs
+from pipeline.errors import UserError
 from pipeline.fileio import atomic_write_text, fresh_dir, replace_dir
-from pipeline.jobs import TrainJob, digest_files
-from pipeline.prepare import FETCHED_FILE
+from pipeline.jobs import TrainJob
+from pipeline.plan import baseline_job, finetune_inputs_digest, finetune_job
+from pipeline.search import apply_choice
 from pipeline.stage import run_stage
 
 RUNS_INDEX = "runs.json"
+CHOSEN_FILE = "chosen.json"  # written by the search stage
 
 
 def finetune_jobs(config: Config) -> list[TrainJob]:
-    """One job per method and replication. The input files (the baseline checkpoint may be a
-    large ResNet) are hashed once for the whole sweep, not once per job."""
-    init = config.paths.baseline / "model.pt"
-    digest = digest_files([config.paths.raw / FETCHED_FILE, config.paths.manifest, config.paths.cost, init])
+    """One job per method and replication, with the search's settings for each method."""
+    chosen = json.loads((config.paths.search / CHOSEN_FILE).read_text())["methods"]
+    absent = [m.name for m in config.methods if m.name not in chosen]
+    if absent:
+        raise UserError(f"{config.paths.search / CHOSEN_FILE} has no settings for {', '.join(absent)}; "
+                        "re-run the search stage (dvc repro search)")
+    baseline = baseline_job(config.paths.baseline)
+    digest = finetune_inputs_digest(baseline, config.paths.cost, config.paths.baseline)
     return [
-        TrainJob(
-            name=f"{config.dataset}-{method.name}-r{replication}",
-            dataset=config.dataset,
-            raw_dir=config.paths.raw.as_posix(),
-            manifest=config.paths.manifest.as_posix(),
-            cost_csv=config.paths.cost.as_posix(),
-            model=config.model,
-            model_options=dict(config.model_options),
-            pretrained=config.pretrained,
-            method=method.name,
-            method_options=dict(method.options),
-            optim=dataclasses.asdict(method.optim),
-            # Replications differ in their seed: data order, pair draws and augmentation.
-            seed=config.seed * 1000 + replication,
-            select_metric="val_wer",
-            init_checkpoint=init.as_posix(),
-            label_column=config.data.label_column,
-            replication=replication,
-            inputs_digest=digest,
-        )
+        # Replications differ in their seed: data order, pair draws and augmentation.
+        finetune_job(baseline, apply_choice(method, chosen[method.name]["settings"]), cost_csv=config.paths.cost,
+                     baseline_dir=config.paths.baseline, name=f"{config.dataset}-{method.name}-r{replication}",
+                     seed=config.seed * 1000 + replication, replication=replication, digest=digest)
         for method in config.methods
         for replication in range(config.replications)
     ]

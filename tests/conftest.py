@@ -82,6 +82,9 @@ def _stop_processes_mentioning(marker: str, grace: float = 5.0) -> None:
 VENV_BIN = Path(sys.executable).parent
 
 
+TINY_METHODS = ("csada", "ap", "soft_labels")
+
+
 def tiny_repository(destination: Path, ray_address: str, finetune_epochs: int = 2) -> dict[str, str]:
     """Copy the repository's files (what git tracks or would track) to ``destination``, shrink
     the digits recipe to a few epochs and one replication, and return the environment to run
@@ -98,11 +101,14 @@ def tiny_repository(destination: Path, ray_address: str, finetune_epochs: int = 
         shutil.copy2(source, target)
     recipe = yaml.safe_load((destination / "recipes/digits.yaml").read_text())
     recipe["baseline"]["epochs"] = 3
-    for method in ("csada", "ap", "sosr", "penalty"):
+    params = yaml.safe_load((destination / "params.yaml").read_text())
+    for method in params["finetune"]["methods"]:
         recipe[method]["epochs"] = finetune_epochs
     (destination / "recipes/digits.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    params = yaml.safe_load((destination / "params.yaml").read_text())
-    params["finetune"]["replications"] = 1
+    # Three methods (tests/test_stages.py runs all of them in-process): CSADA, a baseline of the
+    # paper and a peer, each searched with two trials, then one replication.
+    params["finetune"].update(methods=list(TINY_METHODS), replications=1)
+    params["search"].update(max_trials=2, time_budget_s=300)
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return {
         **os.environ,

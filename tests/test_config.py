@@ -38,7 +38,11 @@ def test_the_repository_params_are_valid_for_every_dataset():
     for dataset in ("digits", "toy", "mnist", "cifar10"):
         config = load(params(dataset=dataset))
         assert config.dataset == dataset
-        assert [m.name for m in config.methods] == ["csada", "ap", "sosr", "penalty"]
+        assert [m.name for m in config.methods] == ["csada", "ap", "sosr", "penalty", "soft_labels", "logit_adjusted"]
+    images = load(params(dataset="images", data__source="images.npz"))
+    assert images.model == "small_cnn" and images.model_options == {"hidden": 128, "pool": 7}
+    table = load(params(dataset="table", data__source="table.csv"))
+    assert [m.name for m in table.methods][-2:] == ["soft_labels", "logit_adjusted"]
     pmi = load(params(dataset="pmi", data__source="archive.zip"))
     assert pmi.costs.kind == "expert" and pmi.pretrained and pmi.baseline.head_only_epochs == 10
 

@@ -25,12 +25,12 @@ from pipeline.checkpoints import (
     RunStore,
     load_checkpoint,
 )
-from pipeline.config import RayConfig, load_config
+from pipeline.config import RayConfig, SearchConfig, load_config
 from pipeline.distributed import run_jobs, run_location, storage_root
 from pipeline.jobs import TrainJob
 from pipeline.optim import OptimConfig
 from pipeline.train import train_func
-from stages import baseline, costs, fetch, split
+from stages import baseline, costs, fetch, search, split
 from tests.conftest import VENV_BIN, prepare_toy, run, tiny_repository
 
 # One xdist worker runs these (and the slow S3 tests) one after the other on its own Ray cluster,
@@ -137,6 +137,7 @@ def test_a_stage_killed_outright_resumes_unfinished_runs_and_skips_finished_ones
     job = baseline.baseline_job(config)
     train_func({"job": job.to_dict(), "store": str(tmp_path / "base"), "root": str(work), "device": "cpu"})
     RunStore(str(tmp_path / "base")).copy_outcome(work / config.paths.baseline)
+    search.main(dataclasses.replace(config, search=SearchConfig(max_trials=0)))  # the recipe's settings
 
     storage = work / "runs" / "ray"
     log = open(tmp_path / "first.log", "w")

@@ -14,12 +14,13 @@ import shutil
 import pytest
 import yaml
 
-from tests.conftest import run, tiny_repository
+from tests.conftest import TINY_METHODS, run, tiny_repository
 
 # One xdist worker runs these one after the other on its own Ray cluster, beside the other slow tests.
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
 
-METHODS = {"baseline", "csada", "ap", "sosr", "penalty"}
+METHODS = {"baseline", *TINY_METHODS}
+RULES = {"argmax", "expected_cost", "calibrated_expected_cost"}
 
 
 @pytest.fixture(scope="module")
@@ -36,30 +37,41 @@ def test_repro_writes_every_output_quietly_and_is_then_a_no_op(repo):
     work, env = repo
     result = run(["dvc", "repro"], work, env)
     console = (result.stdout + result.stderr).splitlines()
-    assert len(console) <= 80, "\n".join(console)
+    assert len(console) <= 80, "\n".join(console)  # nine stages, a line per method searched and per run
     assert "Evaluation of digits" in result.stdout  # the one-screen summary closes the run
-    assert sum("[1/4]" in line or "[4/4]" in line for line in console) == 2  # a line per finished run
+    assert sum("[1/3]" in line or "[3/3]" in line for line in console) == 2  # a line per finished run
+    assert sum(line.startswith("search ") for line in console) == 3  # a line per searched method
+    assert "best so far" in (work / "runs/logs/search.log").read_text()  # the trials' progress, in the log
     assert not [line for line in console if "Trial" in line or "TrainingReport" in line or "╭" in line]
 
     headline = json.loads((work / "results/metrics/headline.json").read_text())
+    recommended = headline.pop("recommended")
     assert set(headline) == METHODS
     values = [v for rules in headline.values() for metrics in rules.values() for v in metrics.values()]
-    assert len(values) == 40  # 5 methods x 2 decision rules x (WER, accuracy, total cost, top-1 pair error)
+    assert len(values) == 4 * (3 + 1)  # 4 models x (WER under 3 decision rules, accuracy under argmax)
+    recommendation = json.loads((work / "results/recommendation.json").read_text())
+    assert recommended["test_wer"] == recommendation["test_wer"]
+    assert recommendation["val_wer"] <= recommendation["baseline"]["val_wer"]  # never worse on validation
+    assert set(recommendation["paired_difference"]) == {"mean", "lower", "upper", "n", "includes_zero"}
+    chosen = json.loads((work / "models/digits/search/chosen.json").read_text())["methods"]
+    assert set(chosen) == METHODS - {"baseline"}
+    assert all(entry["searched"] and 1 <= entry["trials"] <= 2 for entry in chosen.values())
     summary = json.loads((work / "results/summary.json").read_text())["methods"]
     for method in summary.values():
-        assert set(method) == {"argmax", "expected_cost"}
+        assert set(method) == RULES
         assert 0.0 <= method["argmax"]["wer"]["mean"] and 0.0 <= method["argmax"]["accuracy"]["mean"] <= 1.0
     report = (work / "results/report.md").read_text()
-    for column in ("Baseline", "CSADA", "AP", "SOSR", "Penalty"):
+    for column in ("Baseline", "CSADA", "AP", "Soft labels", "## Recommendation", "## Hyperparameter search"):
         assert column in report
     for figure in ("wer", "confusion", "curves"):
         assert (work / f"results/figures/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (work / "models/digits/baseline/model.pt").is_file()
-    assert len(list((work / "models/digits/finetune").glob("*/model.pt"))) == 4
+    assert len(list((work / "models/digits/finetune").glob("*/model.pt"))) == 3
     confusion = (work / "results/plots/confusion/baseline.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 357
     assert (work / "dvc.lock").is_file() and sorted(p.name for p in (work / "code").iterdir()) == [
-        "baseline.txt", "costs.txt", "evaluate.txt", "fetch.txt", "finetune.txt", "report.txt", "split.txt"]
+        "baseline.txt", "costs.txt", "evaluate.txt", "fetch.txt", "finetune.txt", "report.txt", "search.txt",
+        "split.txt"]
 
     status = run(["dvc", "status"], work, env)
     assert "up to date" in status.stdout  # a second `dvc repro` has nothing to run
@@ -71,8 +83,13 @@ def test_repro_writes_every_output_quietly_and_is_then_a_no_op(repo):
 def test_exp_run_with_an_added_override_metrics_diff_and_exp_show(repo):
     work, env = repo
     result = run(["dvc", "exp", "run", "-S", "+finetune.csada.adv_weight=5"], work, env)
-    # Only the fine-tuning and what follows it ran again; the baseline was reused.
+    # Only the search, the fine-tuning and what follows them ran again; the baseline was reused,
+    # and so were the searches of the methods whose settings did not change.
     assert "Stage 'baseline' didn't change, skipping" in result.stdout
+    assert "search ap: the same search ran before: reused" in result.stdout
+    assert "search csada: the same search ran before" not in result.stdout
+    chosen = json.loads((work / "models/digits/search/chosen.json").read_text())["methods"]["csada"]
+    assert chosen["settings"]["options"]["adv_weight"] == 5 and "adv_weight" not in chosen["space"]  # pinned
     params = yaml.safe_load((work / "params.yaml").read_text())
     assert params["finetune"]["csada"] == {"adv_weight": 5}
 

@@ -20,7 +20,7 @@ from pipeline.costs import CostMatrix
 from pipeline.jobs import run_name
 from pipeline.prepare import load_prepared
 from pipeline.train import train_func
-from stages import baseline, costs, evaluate, fetch, finetune, report, split
+from stages import baseline, costs, evaluate, fetch, finetune, report, search, split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,17 +33,21 @@ def toy_project(tmp_path_factory):
     params.update(dataset="toy", finetune={**params["finetune"], "replications": 1})
     params["baseline"] = {"epochs": 3}
     params["finetune"].update({m: {"epochs": 1} for m in params["finetune"]["methods"]})
+    params["search"] = {"max_trials": 0}  # the recipe's settings as they are: no Ray here
     config = load_config(params, recipe_dir=REPO / "recipes", available_cpus=2)
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         for stage in (fetch, split, costs):
             stage.main(config)
-        for jobs, destination in (([baseline.baseline_job(config)], None), (finetune.finetune_jobs(config), "finetune")):
-            for job in jobs:
+        for jobs, destination in ((lambda: [baseline.baseline_job(config)], None),
+                                  (lambda: finetune.finetune_jobs(config), "finetune")):
+            for job in jobs():
                 store = root / "runs" / run_name(job)
                 train_func({"job": job.to_dict(), "store": str(store), "root": str(root), "device": "cpu"})
                 target = config.paths.baseline if destination is None else config.paths.finetune / job.name
                 RunStore(str(store)).copy_outcome(root / target)
+            if destination is None:
+                search.main(config)  # needs the baseline; finetune needs its chosen.json
         index = [{"name": j.name, "method": j.method, "replication": j.replication} for j in finetune.finetune_jobs(config)]
         (root / config.paths.finetune / finetune.RUNS_INDEX).write_text(json.dumps(index))
     return config, root
@@ -53,7 +57,8 @@ def test_evaluation_scores_every_model_on_the_test_split(toy_project, monkeypatc
     config, root = toy_project
     monkeypatch.chdir(root)
     runs = evaluate.trained_runs(config.paths.baseline, config.paths.finetune)
-    assert [(m, r) for m, r, _ in runs] == [("baseline", None), ("csada", 0), ("ap", 0), ("sosr", 0), ("penalty", 0)]
+    assert [(m, r) for m, r, _ in runs] == [("baseline", None), ("csada", 0), ("ap", 0), ("sosr", 0), ("penalty", 0),
+                                            ("soft_labels", 0), ("logit_adjusted", 0)]
     data = load_prepared("toy", config.paths.raw, config.paths.manifest, augment=False)
     cost = CostMatrix.load(config.paths.cost)
     predictions = evaluate.split_predictions(runs, data, cost, "test")
@@ -71,17 +76,20 @@ def test_evaluate_and_report_write_their_outputs(toy_project, monkeypatch, capsy
     evaluate.main(config)
     summary = json.loads((root / "results/summary.json").read_text())["methods"]
     headline = json.loads((root / "results/metrics/headline.json").read_text())
-    assert headline["baseline"]["argmax"] == {key: summary["baseline"]["argmax"][name]["mean"] for key, name in (
-        ("wer", "wer"), ("accuracy", "accuracy"), ("total_cost", "total_cost"), ("top1_pair_error", "top1_pair_error_rate"))}
-    assert sum(len(rules[rule]) for rules in headline.values() for rule in rules) == 40
+    assert headline["baseline"]["argmax"] == {key: summary["baseline"]["argmax"][key]["mean"] for key in ("wer", "accuracy")}
+    recommended = headline.pop("recommended")
+    assert set(recommended) == {"val_wer", "test_wer", "test_accuracy", "wer_difference"}
+    assert sum(len(rules[rule]) for rules in headline.values() for rule in rules) == 7 * (3 + 1)
     recommendation = json.loads((root / "results/recommendation.json").read_text())
     assert recommendation["val_wer"] <= min(v for k, v in recommendation["val_wer_by_choice"].items()
                                             if k.startswith("baseline/"))
-    assert set(summary) == {"baseline", "csada", "ap", "sosr", "penalty"}
+    assert set(summary) == {"baseline", "csada", "ap", "sosr", "penalty", "soft_labels", "logit_adjusted"}
     assert summary["baseline"]["argmax"]["n"]["mean"] == 1500  # the toy's 500 test points per class
     report.main(config)
     assert "Evaluation of toy" in capsys.readouterr().out
-    assert "# Cost-sensitive evaluation: toy" in (root / "results/report.md").read_text()
+    text = (root / "results/report.md").read_text()
+    assert "# Cost-sensitive evaluation: toy" in text and "## Recommendation" in text
+    assert "## Hyperparameter search" in text and "not searched (search.max_trials is 0)" in text
 
 
 def test_no_output_holds_an_absolute_path(toy_project):
