@@ -89,6 +89,9 @@ def s3(aws_sandbox):
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     try:
+        # moto's backends are process-wide: when xdist runs this module's tests apart, the fixture is
+        # set up again in the same process, and the user and bucket of the last time are still there.
+        requests.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
         setup = boto3.Session(aws_access_key_id="setup", aws_secret_access_key="setup", region_name=REGION)
         iam = setup.client("iam", endpoint_url=endpoint)
         iam.create_user(UserName="pipeline")
