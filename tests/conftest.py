@@ -82,7 +82,7 @@ def _stop_processes_mentioning(marker: str, grace: float = 5.0) -> None:
 VENV_BIN = Path(sys.executable).parent
 
 
-TINY_METHODS = ("csada", "ap", "soft_labels")
+TINY_METHODS = ("csada", "ap")
 
 
 def tiny_repository(destination: Path, ray_address: str, finetune_epochs: int = 2) -> dict[str, str]:
@@ -105,8 +105,8 @@ def tiny_repository(destination: Path, ray_address: str, finetune_epochs: int = 
     for method in params["finetune"]["methods"]:
         recipe[method]["epochs"] = finetune_epochs
     (destination / "recipes/digits.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    # Three methods (tests/test_stages.py runs all of them in-process): CSADA, a baseline of the
-    # paper and a peer, each searched with two trials, then one replication.
+    # Two methods (tests/test_stages.py runs all of them in-process): CSADA and a baseline of the
+    # paper, each searched with two trials, then one replication.
     params["finetune"].update(methods=list(TINY_METHODS), replications=1)
     params["search"].update(max_trials=2, time_budget_s=300)
     (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
