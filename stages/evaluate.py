@@ -31,7 +31,7 @@ from pipeline.evaluation import (
     write_evaluation,
 )
 from pipeline.figures import confusion_figure, curves_figure, wer_figure
-from pipeline.jobs import TrainJob
+from pipeline.plan import baseline_job
 from pipeline.prepare import load_prepared
 from pipeline.stage import run_stage
 from pipeline.train import predict_logits, trained_model
@@ -77,7 +77,7 @@ def predict(baseline: Path, finetune: Path, cost_file: Path, device: str = "cpu"
     Each model's temperature is fitted on its validation outputs, then applied to both splits
     under the calibrated rule: the test split is never looked at to choose anything."""
     runs = trained_runs(baseline, finetune)
-    job = TrainJob.from_dict(json.loads((baseline / HISTORY_FILE).read_text())["job"])
+    job = baseline_job(baseline)
     data = load_prepared(job.dataset, Path(job.raw_dir), Path(job.manifest), augment=False,
                          label_column=job.label_column)
     cost = CostMatrix.load(cost_file)
