@@ -28,92 +28,29 @@ from typing import Any
 
 import yaml
 
-from pipeline.attacks import NORMS, STEP_RULES
 from pipeline.costs import COST_KINDS
 from pipeline.datasets import DATASETS
-from pipeline.errors import UserError
-from pipeline.methods import FINETUNE_METHODS, METHODS, NORMALIZATIONS, PAIR_MODES
+from pipeline.methods import FINETUNE_METHODS, METHODS
 from pipeline.models import MODELS
-from pipeline.optim import OPTIMIZERS, OptimConfig
+from pipeline.optim import OptimConfig
+from pipeline.paper_config import PaperConfig, parse_paper
+from pipeline.validation import (
+    OPTIM_KEYS,
+    RECIPE_DIR,
+    ConfigError,
+    as_bool,
+    as_mapping,
+    check_keys,
+    invalid,
+    positive_int,
+    resolve_training,
+)
 
-RECIPE_DIR = "recipes"
-# Keys of a training section that configure the optimisation; the others are the method's own.
-OPTIM_KEYS = frozenset(OptimConfig.__dataclass_fields__)
-POSITIVE = {"eps", "steps", "step_size", "temperature", "lr", "batch_size", "lr_step_epochs", "head_only_lr", "beta"}
-NON_NEGATIVE = {"adv_weight", "alpha", "weight_decay", "momentum", "head_only_epochs", "lr_gamma"}
-INTEGERS = {"epochs", "steps", "batch_size", "lr_step_epochs", "head_only_epochs"}
-CHOICES: dict[str, tuple[str, ...]] = {
-    "optimizer": tuple(OPTIMIZERS),
-    "norm": tuple(NORMS),
-    "step_rule": tuple(STEP_RULES),
-    "normalization": NORMALIZATIONS,
-    "pairs": PAIR_MODES,
-}
 RECIPE_KEYS = ("model", "model_options", "pretrained", "costs", "split", "evaluate", "baseline", *FINETUNE_METHODS)
 # Settings that decide where and how a run executes, never what it computes: they are not DVC
 # params of any stage, so changing them re-runs nothing.
 EXECUTION_ONLY = frozenset({"ray.address", "ray.cpus_per_worker", "ray.max_concurrent_trials",
                             "ray.storage_path"})
-
-
-class ConfigError(UserError):
-    """An invalid params.yaml or recipe value; the message names the dotted key."""
-
-
-def _file(key: str) -> str:
-    """The file a dotted key lives in, for messages: a recipe key names its recipe file."""
-    return "" if key.startswith(f"{RECIPE_DIR}/") else "params.yaml: "
-
-
-def _fail(key: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"{_file(key)}{key} = {value!r} is invalid; {valid}")
-
-
-def _check_keys(section: Mapping[str, Any], allowed: Any, where: str) -> None:
-    unknown = sorted(set(section) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{_file(where)}unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(allowed))}")
-
-
-def _mapping(value: Any, key: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise _fail(key, value, "expected a mapping")
-    return value
-
-
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):  # never bool() of a string: "false" would be true
-        raise _fail(key, value, "expected true or false")
-    return value
-
-
-def _positive_int(value: Any, key: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(key, value, f"expected an integer >= {minimum}")
-    return value
-
-
-def _check_value(key: str, name: str, value: Any) -> Any:
-    """Type and range of one training setting (``key`` is the dotted path for messages)."""
-    if name in CHOICES:
-        if value not in CHOICES[name]:
-            raise _fail(key, value, f"valid: {', '.join(CHOICES[name])}")
-        return value
-    if name == "augment":
-        return _bool(value, key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(key, value, "expected a finite number")
-    if name in INTEGERS and not float(value).is_integer():
-        raise _fail(key, value, "expected an integer")
-    if name == "epochs" and value < 1:
-        raise _fail(key, value, "must be >= 1")
-    if name in POSITIVE and value <= 0:
-        raise _fail(key, value, "must be > 0")
-    if name in NON_NEGATIVE and value < 0:
-        raise _fail(key, value, "must be >= 0")
-    return int(value) if name in INTEGERS else float(value)
 
 
 @dataclass(frozen=True)
@@ -200,6 +137,7 @@ class Config:
     top_k: int
     paths: Paths
     search: SearchConfig = SearchConfig()
+    paper: PaperConfig | None = None  # the paper's experiments (paper/dvc.yaml); parsed from the recipe's defaults
 
 
 # Where each Config field comes from: params.yaml keys, and ``recipe`` for the data set's recipe
@@ -219,25 +157,23 @@ PARAM_SOURCES: dict[str, tuple[str, ...]] = {
     "methods": ("finetune.methods", *(f"finetune.{m}" for m in FINETUNE_METHODS), "recipe"),
     "replications": ("finetune.replications",),
     "search": ("search",),
+    # The paper's experiments (paper/params.yaml): each field from its own keys.
+    "paper.replications": ("paper.replications",),
+    "paper.baseline_max_epochs": ("paper.baselines.max_epochs",),
+    "paper.zero_loss": ("paper.baselines.zero_loss",),
+    "paper.top_pairs": ("paper.pairs.top",),
+    "paper.pair_methods": ("paper.pairs", "paper.finetune", "recipe"),
+    "paper.lambdas": ("paper.lambdas.values",),
+    "paper.lambda_method": ("paper.lambdas.csada", "paper.finetune", "recipe"),
+    "paper.convergence_replications": ("paper.convergence.replications",),
+    "paper.convergence_method": ("paper.convergence.csada", "paper.finetune", "recipe"),
+    "paper.table_methods": ("paper.table", "paper.finetune", "recipe"),
     "ray": ("ray",),
     "top_k": ("recipe",),
     **{f"paths.{name}": ("dataset",) for name in ("raw", "manifest", "cost", "baseline", "search", "finetune")},
     "paths.evaluation": (),
     "paths.report": (),
 }
-
-
-def _resolve_training(recipe: Mapping[str, Any], overrides: Mapping[str, Any], where: str,
-                      allowed: set[str], dataset: str) -> tuple[OptimConfig, dict[str, Any]]:
-    """Recipe values, replaced by every non-null override; returns (optim, options)."""
-    _check_keys(recipe, allowed, f"{RECIPE_DIR}/{dataset}.yaml:{where.split('.')[-1]}")
-    _check_keys(overrides, allowed, where)
-    merged = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
-    checked = {name: _check_value(f"{where}.{name}", name, value) for name, value in merged.items()}
-    if "epochs" not in checked:
-        raise ConfigError(f"params.yaml: {where}.epochs is not set by the recipe or an override")
-    optim = OptimConfig(**{k: v for k, v in checked.items() if k in OPTIM_KEYS})
-    return optim, {k: v for k, v in checked.items() if k not in OPTIM_KEYS}
 
 
 def _merged(recipe: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
@@ -256,37 +192,37 @@ def _cost_config(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset:
     the recipe's (the default kind and its settings: Pareto shape and scale, the toy's critical
     pair, PMI's expert pairs)."""
     where = f"{RECIPE_DIR}/{dataset}.yaml:costs"
-    _check_keys(recipe, {"kind", "pareto", "single_pair", "expert"}, where)
-    _check_keys(section, {"kind", "seed", "pair", "file"}, "costs")
+    check_keys(recipe, {"kind", "pareto", "single_pair", "expert"}, where)
+    check_keys(section, {"kind", "seed", "pair", "file"}, "costs")
     kind = section.get("kind") or "default"
     kind = recipe.get("kind", "pareto") if kind == "default" else kind
     if kind not in COST_KINDS:
-        raise _fail("costs.kind", kind, f"valid: default, {', '.join(COST_KINDS)}")
-    pareto = _mapping(recipe.get("pareto"), f"{where}.pareto")
-    _check_keys(pareto, {"shape", "scale"}, f"{where}.pareto")
+        raise invalid("costs.kind", kind, f"valid: default, {', '.join(COST_KINDS)}")
+    pareto = as_mapping(recipe.get("pareto"), f"{where}.pareto")
+    check_keys(pareto, {"shape", "scale"}, f"{where}.pareto")
     for key, default in (("shape", 1.5), ("scale", 1.0)):
         value = pareto.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise _fail(f"{where}.pareto.{key}", value, "must be a number > 0")
-    recipe_pair = _mapping(recipe.get("single_pair"), f"{where}.single_pair")
-    _check_keys(recipe_pair, {"true_class", "predicted_class"}, f"{where}.single_pair")
+            raise invalid(f"{where}.pareto.{key}", value, "must be a number > 0")
+    recipe_pair = as_mapping(recipe.get("single_pair"), f"{where}.single_pair")
+    check_keys(recipe_pair, {"true_class", "predicted_class"}, f"{where}.single_pair")
     pair = section.get("pair")
     if pair is None and recipe_pair:
         pair = [recipe_pair.get("true_class"), recipe_pair.get("predicted_class")]
     if pair is not None and not (isinstance(pair, list) and len(pair) == 2 and None not in pair):
-        raise _fail("costs.pair", pair, "expected [true class, predicted class]")
+        raise invalid("costs.pair", pair, "expected [true class, predicted class]")
     if kind == "single_pair" and pair is None:
         raise ConfigError("params.yaml: costs.kind = 'single_pair' needs costs.pair: [true class, predicted class]")
     if kind == "file" and not section.get("file"):
         raise ConfigError("params.yaml: costs.kind = 'file' needs costs.file (a CSV, YAML or JSON cost matrix)")
-    expert = _mapping(recipe.get("expert"), f"{where}.expert")
+    expert = as_mapping(recipe.get("expert"), f"{where}.expert")
     if kind == "expert" and "pairs" not in expert:
         raise ConfigError(f"{where}.expert: costs.kind = 'expert' needs the recipe's expert pairs")
     return CostConfig(
         kind=kind,
         pareto_shape=float(pareto.get("shape", 1.5)),
         pareto_scale=float(pareto.get("scale", 1.0)),
-        pareto_seed=_positive_int(section.get("seed", 0), "costs.seed", minimum=0),
+        pareto_seed=positive_int(section.get("seed", 0), "costs.seed", minimum=0),
         expert=dict(expert),
         true_class=None if pair is None else str(pair[0]),
         predicted_class=None if pair is None else str(pair[1]),
@@ -295,14 +231,14 @@ def _cost_config(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset:
 
 
 def _ray_config(section: Mapping[str, Any], available_cpus: int | None) -> RayConfig:
-    _check_keys(section, RayConfig.__dataclass_fields__, "ray")
-    num_workers = _positive_int(section.get("num_workers", 1), "ray.num_workers")
+    check_keys(section, RayConfig.__dataclass_fields__, "ray")
+    num_workers = positive_int(section.get("num_workers", 1), "ray.num_workers")
     cpus = section.get("cpus_per_worker", 1)
     if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not cpus > 0:
-        raise _fail("ray.cpus_per_worker", cpus, "must be a number > 0")
+        raise invalid("ray.cpus_per_worker", cpus, "must be a number > 0")
     use_gpu = section.get("use_gpu", "auto")
     if use_gpu not in ("auto", True, False):
-        raise _fail("ray.use_gpu", use_gpu, "valid: auto, true, false")
+        raise invalid("ray.use_gpu", use_gpu, "valid: auto, true, false")
     address = section.get("address") or os.environ.get("RAY_ADDRESS") or None
     # A local cluster is sized from this machine: more workers than CPUs would wait forever.
     needed = num_workers * cpus + (TRIAL_DRIVER_CPUS if num_workers > 1 else 0)
@@ -318,37 +254,37 @@ def _ray_config(section: Mapping[str, Any], available_cpus: int | None) -> RayCo
         num_workers=num_workers,
         use_gpu=use_gpu,
         cpus_per_worker=float(cpus),
-        max_concurrent_trials=_positive_int(section.get("max_concurrent_trials", 2), "ray.max_concurrent_trials"),
+        max_concurrent_trials=positive_int(section.get("max_concurrent_trials", 2), "ray.max_concurrent_trials"),
         storage_path=str(section.get("storage_path", "runs/ray")),
     )
 
 
 def _search_config(section: Mapping[str, Any]) -> SearchConfig:
-    _check_keys(section, set(SearchConfig.__dataclass_fields__), "search")
+    check_keys(section, set(SearchConfig.__dataclass_fields__), "search")
     default = SearchConfig()
     budget = section.get("time_budget_s", default.time_budget_s)
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not (math.isfinite(budget) and budget > 0):
-        raise _fail("search.time_budget_s", budget, "expected a number of seconds > 0")
+        raise invalid("search.time_budget_s", budget, "expected a number of seconds > 0")
     drop = section.get("max_accuracy_drop", default.max_accuracy_drop)
     if isinstance(drop, bool) or not isinstance(drop, (int, float)) or not 0 <= drop <= 1:
-        raise _fail("search.max_accuracy_drop", drop, "expected a fraction of accuracy in [0, 1] (0.005: half a point)")
-    return SearchConfig(max_trials=_positive_int(section.get("max_trials", default.max_trials), "search.max_trials",
+        raise invalid("search.max_accuracy_drop", drop, "expected a fraction of accuracy in [0, 1] (0.005: half a point)")
+    return SearchConfig(max_trials=positive_int(section.get("max_trials", default.max_trials), "search.max_trials",
                                                  minimum=0),
                         time_budget_s=float(budget), max_accuracy_drop=float(drop))
 
 
 def _data_config(data: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str) -> DataConfig:
-    _check_keys(data, {"source", "download", "label_column", "verify_checksums"}, "data")
-    split = _mapping(recipe.get("split"), f"{RECIPE_DIR}/{dataset}.yaml:split")
-    _check_keys(split, {"val_fraction"}, f"{RECIPE_DIR}/{dataset}.yaml:split")
+    check_keys(data, {"source", "download", "label_column", "verify_checksums"}, "data")
+    split = as_mapping(recipe.get("split"), f"{RECIPE_DIR}/{dataset}.yaml:split")
+    check_keys(split, {"val_fraction"}, f"{RECIPE_DIR}/{dataset}.yaml:split")
     val_fraction = split.get("val_fraction", 0.1)
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise _fail(f"{RECIPE_DIR}/{dataset}.yaml:split.val_fraction", val_fraction, "must be a number in (0, 1)")
+        raise invalid(f"{RECIPE_DIR}/{dataset}.yaml:split.val_fraction", val_fraction, "must be a number in (0, 1)")
     config = DataConfig(
         source=data.get("source"),
-        download=_bool(data.get("download", False), "data.download"),
+        download=as_bool(data.get("download", False), "data.download"),
         label_column=str(data.get("label_column", "label")),
-        verify_checksums=_bool(data.get("verify_checksums", True), "data.verify_checksums"),
+        verify_checksums=as_bool(data.get("verify_checksums", True), "data.verify_checksums"),
         val_fraction=float(val_fraction),
     )
     if DATASETS[dataset].needs_source and config.source is None:
@@ -357,21 +293,21 @@ def _data_config(data: Mapping[str, Any], recipe: Mapping[str, Any], dataset: st
 
 
 def _methods(finetune: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str) -> tuple[MethodConfig, ...]:
-    _check_keys(finetune, {"methods", "replications", *FINETUNE_METHODS}, "finetune")
+    check_keys(finetune, {"methods", "replications", *FINETUNE_METHODS}, "finetune")
     names = finetune.get("methods", list(FINETUNE_METHODS))
     if not isinstance(names, list) or not names:
-        raise _fail("finetune.methods", names, f"expected a non-empty list from: {', '.join(FINETUNE_METHODS)}")
+        raise invalid("finetune.methods", names, f"expected a non-empty list from: {', '.join(FINETUNE_METHODS)}")
     for name in names:
         if name not in FINETUNE_METHODS:
-            raise _fail("finetune.methods", name, f"unknown method; known: {', '.join(FINETUNE_METHODS)}")
+            raise invalid("finetune.methods", name, f"unknown method; known: {', '.join(FINETUNE_METHODS)}")
     if len(set(names)) != len(names):
-        raise _fail("finetune.methods", names, "each method may appear once")
+        raise invalid("finetune.methods", names, "each method may appear once")
     methods = []
     for name in names:
-        optim, options = _resolve_training(
-            _mapping(recipe.get(name), f"{RECIPE_DIR}/{dataset}.yaml:{name}"), _mapping(finetune.get(name), f"finetune.{name}"),
+        optim, options = resolve_training(
+            as_mapping(recipe.get(name), f"{RECIPE_DIR}/{dataset}.yaml:{name}"), as_mapping(finetune.get(name), f"finetune.{name}"),
             f"finetune.{name}", set(OPTIM_KEYS) | set(METHODS[name].options()), dataset)
-        pinned = frozenset(k for k, v in _mapping(finetune.get(name), f"finetune.{name}").items() if v is not None)
+        pinned = frozenset(k for k, v in as_mapping(finetune.get(name), f"finetune.{name}").items() if v is not None)
         methods.append(MethodConfig(name=name, optim=optim, options=options, pinned=pinned))
     return tuple(methods)
 
@@ -383,7 +319,16 @@ def read_yaml(path: Path, what: str) -> Mapping[str, Any]:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    return _mapping(loaded, str(path))
+    return as_mapping(loaded, str(path))
+
+
+def _recipes_near(params_file: Path) -> Path:
+    """``recipes/`` beside the params file, or beside its nearest parent folder that has one (the
+    paper's experiments, paper/params.yaml, use the project's recipes)."""
+    for folder in params_file.resolve().parents:
+        if (folder / RECIPE_DIR).is_dir():
+            return folder / RECIPE_DIR
+    return params_file.parent / RECIPE_DIR
 
 
 def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yaml", *,
@@ -392,44 +337,47 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
     """Read and validate params (a mapping or a YAML path) and the data set's recipe.
 
     The recipe is ``recipe`` when given, else ``<recipe_dir>/<dataset>.yaml`` (``recipe_dir``
-    defaults to ``recipes/`` beside the params file, or in the working directory for a mapping).
+    defaults to ``recipes/`` beside the params file or its nearest parent folder that has one, or in the
+    working directory for a mapping).
     """
     if not isinstance(params, Mapping):
         path = Path(params)
         params = read_yaml(path, "run from the repository root, or pass the params file")
-        recipe_dir = recipe_dir if recipe_dir is not None else path.parent / RECIPE_DIR
+        recipe_dir = recipe_dir if recipe_dir is not None else _recipes_near(path)
     available_cpus = os.cpu_count() if available_cpus is None else available_cpus
-    _check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "search", "ray"}, "<top>")
+    check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "search", "ray", "paper"},
+               "<top>")
     dataset = params.get("dataset", "digits")
     if dataset not in DATASETS:
-        raise _fail("dataset", dataset, f"valid: {', '.join(DATASETS)}")
+        raise invalid("dataset", dataset, f"valid: {', '.join(DATASETS)}")
     if recipe is None:
         recipe_path = Path(RECIPE_DIR if recipe_dir is None else recipe_dir) / f"{dataset}.yaml"
         recipe = read_yaml(recipe_path, f"every data set needs a recipe; dataset = {dataset!r}")
-    _check_keys(recipe, RECIPE_KEYS, f"{RECIPE_DIR}/{dataset}.yaml:<top>")
+    check_keys(recipe, RECIPE_KEYS, f"{RECIPE_DIR}/{dataset}.yaml:<top>")
     model = recipe.get("model", "small_cnn")
     if model not in MODELS:
-        raise _fail(f"{RECIPE_DIR}/{dataset}.yaml:model", model, f"known: {', '.join(sorted(MODELS))}")
-    baseline, _ = _resolve_training(_mapping(recipe.get("baseline"), f"{RECIPE_DIR}/{dataset}.yaml:baseline"),
-                                    _mapping(params.get("baseline"), "baseline"), "baseline", set(OPTIM_KEYS), dataset)
-    finetune = _mapping(params.get("finetune"), "finetune")
-    evaluate = _mapping(recipe.get("evaluate"), f"{RECIPE_DIR}/{dataset}.yaml:evaluate")
-    _check_keys(evaluate, {"top_k"}, f"{RECIPE_DIR}/{dataset}.yaml:evaluate")
+        raise invalid(f"{RECIPE_DIR}/{dataset}.yaml:model", model, f"known: {', '.join(sorted(MODELS))}")
+    baseline, _ = resolve_training(as_mapping(recipe.get("baseline"), f"{RECIPE_DIR}/{dataset}.yaml:baseline"),
+                                    as_mapping(params.get("baseline"), "baseline"), "baseline", set(OPTIM_KEYS), dataset)
+    finetune = as_mapping(params.get("finetune"), "finetune")
+    evaluate = as_mapping(recipe.get("evaluate"), f"{RECIPE_DIR}/{dataset}.yaml:evaluate")
+    check_keys(evaluate, {"top_k"}, f"{RECIPE_DIR}/{dataset}.yaml:evaluate")
     return Config(
         dataset=dataset,
-        seed=_positive_int(params.get("seed", 0), "seed", minimum=0),
-        data=_data_config(_mapping(params.get("data"), "data"), recipe, dataset),
-        costs=_cost_config(_mapping(params.get("costs"), "costs"),
-                           _mapping(recipe.get("costs"), f"{RECIPE_DIR}/{dataset}.yaml:costs"), dataset),
+        seed=positive_int(params.get("seed", 0), "seed", minimum=0),
+        data=_data_config(as_mapping(params.get("data"), "data"), recipe, dataset),
+        costs=_cost_config(as_mapping(params.get("costs"), "costs"),
+                           as_mapping(recipe.get("costs"), f"{RECIPE_DIR}/{dataset}.yaml:costs"), dataset),
         model=str(model),
-        model_options=dict(_mapping(recipe.get("model_options"), f"{RECIPE_DIR}/{dataset}.yaml:model_options")),
-        pretrained=_bool(recipe.get("pretrained", False), f"{RECIPE_DIR}/{dataset}.yaml:pretrained"),
+        model_options=dict(as_mapping(recipe.get("model_options"), f"{RECIPE_DIR}/{dataset}.yaml:model_options")),
+        pretrained=as_bool(recipe.get("pretrained", False), f"{RECIPE_DIR}/{dataset}.yaml:pretrained"),
         baseline=baseline,
         methods=_methods(finetune, recipe, dataset),
-        replications=_positive_int(finetune.get("replications", 3), "finetune.replications"),
-        ray=_ray_config(_mapping(params.get("ray"), "ray"), available_cpus),
-        search=_search_config(_mapping(params.get("search"), "search")),
-        top_k=_positive_int(evaluate.get("top_k", 3), f"{RECIPE_DIR}/{dataset}.yaml:evaluate.top_k"),
+        replications=positive_int(finetune.get("replications", 3), "finetune.replications"),
+        ray=_ray_config(as_mapping(params.get("ray"), "ray"), available_cpus),
+        search=_search_config(as_mapping(params.get("search"), "search")),
+        paper=parse_paper(as_mapping(params.get("paper"), "paper"), recipe, dataset),
+        top_k=positive_int(evaluate.get("top_k", 3), f"{RECIPE_DIR}/{dataset}.yaml:evaluate.top_k"),
         paths=Paths(
             raw=Path("data/raw") / dataset,
             manifest=Path("data/split") / f"{dataset}.parquet",

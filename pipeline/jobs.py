@@ -45,11 +45,14 @@ class TrainJob:
     method_options: dict[str, Any]
     optim: dict[str, Any]
     seed: int
-    select_metric: str  # "val_loss" (baseline) or "val_wer" (fine-tuning)
+    # The epoch a run hands back: lowest "val_loss" (baseline) or "val_wer" (fine-tuning), or
+    # "last" (the paper's protocol: a fixed number of epochs, the last one reported).
+    select_metric: str
     init_checkpoint: str | None = None
     label_column: str = "label"
     replication: int | None = None
     inputs_digest: str = ""  # content hash of the input files: a changed input is a different job
+    track_test: bool = False  # also score the test split every epoch (the convergence experiment's curves)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -7,6 +7,7 @@ they come from params.yaml; :data:`OPTIMIZERS` is the registry of optimiser name
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -28,6 +29,21 @@ class OptimConfig:
     head_only_epochs: int = 0  # section 5.3.3: first train only the new head ...
     head_only_lr: float = 1e-4  # ... at this learning rate
     augment: bool = False
+    # Stop before ``epochs`` once the model fits its training split (section 1.1's two baselines):
+    # after the first epoch whose training accuracy reaches stop_train_accuracy, or whose training
+    # loss falls below stop_train_loss, both measured on the whole split in eval mode (0: off).
+    stop_train_accuracy: float = 0.0
+    stop_train_loss: float = 0.0
+
+    @property
+    def stops_early(self) -> bool:
+        return self.stop_train_accuracy > 0 or self.stop_train_loss > 0
+
+    def fit_reached(self, metrics: dict[str, float]) -> bool:
+        """Whether an epoch's ``fit_accuracy`` / ``fit_loss`` meet a stopping criterion."""
+        if self.stop_train_accuracy > 0 and metrics.get("fit_accuracy", 0.0) >= self.stop_train_accuracy:
+            return True
+        return self.stop_train_loss > 0 and metrics.get("fit_loss", math.inf) < self.stop_train_loss
 
 
 OPTIMIZERS: dict[str, Callable[[Iterable[torch.nn.Parameter], OptimConfig, float], torch.optim.Optimizer]] = {

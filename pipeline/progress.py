@@ -73,11 +73,12 @@ class _TrialProgress:
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         job = self.jobs.get(trial.config["job"]["name"])
-        if job is None or job.select_metric not in result:
+        if job is None or _shown_metric(job) not in result:
             return
         self.bar.update(1)
-        value, epoch = result[job.select_metric], int(result["epoch"])
-        if job.name not in self.best or value < self.best[job.name][0]:
+        value, epoch = result[_shown_metric(job)], int(result["epoch"])
+        # A run that keeps its last epoch (the paper's protocol) shows its latest one.
+        if job.name not in self.best or value < self.best[job.name][0] or job.select_metric == "last":
             self.best[job.name] = (value, epoch)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -86,7 +87,7 @@ class _TrialProgress:
         self.finished += 1
         self.bar.set_description_str(f"{self.stage}: {self.finished}/{len(self.jobs)} runs")
         seconds = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())
-        metric = job.select_metric.replace("val_", "validation ").replace("wer", "WER")
+        metric = _shown_metric(job).replace("val_", "validation ").replace("wer", "WER")
         done = f"[{self.finished}/{len(self.jobs)}] {name}"
         if name in self.best:
             value, epoch = self.best[name]
@@ -109,6 +110,14 @@ class _TrialProgress:
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.bar.close()
+
+
+def _shown_metric(job: Any) -> str:
+    """The metric a run's line shows: the one it selects its epoch by, or for a run that keeps
+    its last epoch, validation WER when it has costs and validation loss when not."""
+    if job.select_metric != "last":
+        return job.select_metric
+    return "val_wer" if job.cost_csv is not None else "val_loss"
 
 
 def _first_line(trial: Any) -> str:

@@ -120,6 +120,7 @@ def plot_figure2(run: ToyRun, path: str, settings: ToySettings = ToySettings(), 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.lines import Line2D
 
     data = load_toy(seed=run.seed, means=means)
     train, test = data.split("train"), data.split("test")
@@ -149,13 +150,19 @@ def plot_figure2(run: ToyRun, path: str, settings: ToySettings = ToySettings(), 
             )
             axis.add_patch(box)
         pushed = int((attack.outcome == AttackOutcome.SUCCEEDED).sum())
-        axis.set_title(
-            f"{title}\n{run.green_to_blue[key]} green->blue test errors (crosses: all errors); "
-            f"{pushed} green training points pushed to blue",
-            fontsize=10,
-        )
+        axis.set_title(f"{title}: {run.green_to_blue[key]} green->blue test errors (crosses: all errors)\n"
+                       f"{pushed} green training points pushed to blue within the budget", fontsize=10)
+        axis.set_xlabel("feature x1")
+        axis.set_ylabel("feature x2")
+    legend = [Line2D([], [], marker="o", ls="", color=c, label=f"class {n} (filled: test, ring: training)")
+              for c, n in zip(colours, ("red", "green", "blue"))]
+    legend += [Line2D([], [], marker="x", ls="", color="black", label="test error"),
+               Line2D([], [], marker="o", ms=2, color="grey", label="attack green -> blue (5 points; box: eps ball)")]
+    axes[1].legend(handles=legend, fontsize=7, loc="lower right")
+    variant = "Table 1" if means is None else "green/blue moved inwards"
+    figure.suptitle(f"Figure 2: the toy problem ({variant}, seed {run.seed}); only green -> blue costs", fontsize=11)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, metadata={"Software": None})
     plt.close(figure)
 
 

@@ -103,7 +103,9 @@ def _rows(cost: CostMatrix, top_k: int) -> list[tuple[str, str, float, int]]:
     return rows
 
 
-def _table(summary: Mapping[str, Any], methods: list[str], rule: str, cost: CostMatrix, top_k: int) -> list[str]:
+def methods_table(summary: Mapping[str, Any], methods: list[str], rule: str, cost: CostMatrix,
+                  top_k: int) -> list[str]:
+    """The paper's Tables 3-7 layout: methods as columns, ``mean (sd)`` cells, one rule."""
     header = "| | " + " | ".join(_md(_display(m)) for m in methods) + " |"
     lines = [header, "|---|" + "---:|" * len(methods)]
     for label, key, scale, digits in _rows(cost, top_k):
@@ -247,7 +249,7 @@ def render_report(
         lines += ["", "## Settings", ""] + [f"- {_md(str(k))}: {_md(_extra_value(v))}" for k, v in extra.items()]
     for r in rules:
         lines += ["", f"## Decision rule: {RULE_TITLES.get(r, r)}", ""]
-        lines += _table(summary, methods, r, cost, top_k)
+        lines += methods_table(summary, methods, r, cost, top_k)
         if r != "argmax":
             lines += [line for m in methods if m in (score_notes or {}) for line in ("", score_notes[m])]
     if search:

@@ -120,16 +120,16 @@ def predict_logits(
     return torch.cat(outputs), torch.cat(labels)
 
 
-def validation_metrics(logits: Tensor, labels: Tensor, cost: Tensor | None) -> dict[str, float]:
-    """Validation loss (cross-entropy of the outputs), accuracy and, given costs, WER under argmax:
-    the mean of c(true, predicted), row = true class."""
+def validation_metrics(logits: Tensor, labels: Tensor, cost: Tensor | None, prefix: str = "val") -> dict[str, float]:
+    """Loss (cross-entropy of the outputs), accuracy and, given costs, WER under argmax (the mean
+    of c(true, predicted), row = true class) of one split, as ``<prefix>_loss`` etc."""
     predictions = logits.argmax(1)
     metrics = {
-        "val_loss": float(F.cross_entropy(logits, labels)),
-        "val_accuracy": float((predictions == labels).float().mean()),
+        f"{prefix}_loss": float(F.cross_entropy(logits, labels)),
+        f"{prefix}_accuracy": float((predictions == labels).float().mean()),
     }
     if cost is not None:
-        metrics["val_wer"] = float(cost[labels, predictions].mean())
+        metrics[f"{prefix}_wer"] = float(cost[labels, predictions].mean())
     return metrics
 
 
@@ -152,6 +152,9 @@ class Run:
     optimizer: torch.optim.Optimizer
     head_optimizer: torch.optim.Optimizer
     scheduler: Any
+    # Scored after every epoch besides validation: the training split (for a run that stops once
+    # it fits it) and the test split (for a job with track_test), each in eval mode, in order.
+    extra_loaders: dict[str, DataLoader] = field(default_factory=dict)
 
     @property
     def plain(self) -> nn.Module:
@@ -173,9 +176,12 @@ class Progress:
 
     def record(self, metrics: dict[str, float], model_state: dict[str, Tensor], select_metric: str) -> None:
         """Append an epoch; it becomes the best when its ``select_metric`` is strictly lower
-        (ties keep the earlier epoch)."""
+        (ties keep the earlier epoch), or always when ``select_metric`` is "last"."""
         self.history.append(metrics)
-        if self.best is None or metrics[select_metric] < self.best["metric"]:
+        if select_metric == "last":
+            self.best = {"epoch": int(metrics["epoch"]), "metric": float(metrics["epoch"]),
+                         "model": {k: v.detach().clone() for k, v in model_state.items()}}
+        elif self.best is None or metrics[select_metric] < self.best["metric"]:
             # The selected weights travel inside every checkpoint, so the latest checkpoint is all
             # that resuming and the final answer need.
             self.best = {"epoch": int(metrics["epoch"]), "metric": metrics[select_metric],
@@ -218,13 +224,18 @@ def build_run(job: TrainJob, root: Path, session: Session, cpus: float = 1.0) ->
     ))
     # Every rank validates on the whole validation split: no sharding, identical numbers on all ranks.
     val_loader = DataLoader(data.split("val"), batch_size=max(optim.batch_size, 256), shuffle=False, **loading)
+    extra_loaders = {prefix: DataLoader(data.split(split), batch_size=max(optim.batch_size, 256), shuffle=False,
+                                        **loading)
+                     for prefix, split, wanted in (("fit", "train", optim.stops_early), ("test", "test", job.track_test))
+                     if wanted}
     model = session.prepare_model(model)
     optimizer = make_optimizer(model.parameters(), optim)
     return Run(job=job, optim=optim, session=session, model=model, method=method, cost=cost,
                train_loader=train_loader, val_loader=val_loader, generator=generator,
                optimizer=optimizer, head_optimizer=make_optimizer(head.parameters(), optim, lr=optim.head_only_lr),
                scheduler=torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim.lr_step_epochs,
-                                                         gamma=optim.lr_gamma))
+                                                         gamma=optim.lr_gamma),
+               extra_loaders=extra_loaders)
 
 
 def restore(run: Run, state: dict[str, Any] | None) -> Progress:
@@ -275,6 +286,9 @@ def run_epoch(run: Run, epoch: int, resumes: int) -> dict[str, float]:
     logits, labels = predict_logits(run.plain, run.val_loader, device=run.session.device)
     metrics = {"epoch": epoch, "resumes": resumes, **{f"train_{k}": v for k, v in stats.items()},
                **validation_metrics(logits, labels, run.cost)}
+    for prefix, loader in run.extra_loaders.items():
+        metrics.update(validation_metrics(*predict_logits(run.plain, loader, device=run.session.device), run.cost,
+                                          prefix=prefix))
     if not all(math.isfinite(v) for v in metrics.values()):
         raise FloatingPointError(f"{run.job.name}: non-finite metrics at epoch {epoch}: {metrics}")
     return metrics
@@ -311,13 +325,15 @@ def train_func(config: dict[str, Any], session: Session | None = None) -> None:
     interval = float(config.get("checkpoint_interval_s", 0))
     saved = time.monotonic()
     for epoch in range(progress.start, run.total_epochs):
+        if progress.history and run.optim.fit_reached(progress.history[-1]):
+            break  # resumed after the epoch that met the stopping criterion
         metrics = run_epoch(run, epoch, progress.resumes)
         progress.record(metrics, run.plain.state_dict(), job.select_metric)
         if session.rank == 0:
             shown = " ".join(f"{k} {metrics[k]:.4f}" for k in ("train_loss", "val_loss", "val_accuracy", "val_wer")
                              if k in metrics)
             print(f"[{job.name}] epoch {epoch + 1}/{run.total_epochs} {shown}", flush=True)
-            last = epoch == run.total_epochs - 1
+            last = epoch == run.total_epochs - 1 or run.optim.fit_reached(metrics)
             if last or time.monotonic() - saved >= interval:
                 store.save_state(checkpoint_state(run, progress))
                 saved = time.monotonic()

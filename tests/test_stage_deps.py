@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -31,10 +33,38 @@ from pipeline.codedeps import (
 from pipeline.config import EXECUTION_ONLY, PARAM_SOURCES, RECIPE_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-PIPELINE = sorted(set(STAGES) - {"code"})
-PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 RECIPE_FILE = f"{RECIPE_DIR}/${{dataset}}.yaml"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A dvc.yaml, its params file, and how its paths reach the project's code and recipes."""
+
+    name: str
+    stages: Mapping[str, Any]
+    params: Mapping[str, Any]
+    up: str  # "" at the root; "../" for paper/, whose stages run in their own folder
+
+    @classmethod
+    def load(cls, folder: str) -> Pipeline:
+        root = REPO / folder
+        return cls(folder or "root", yaml.safe_load((root / "dvc.yaml").read_text())["stages"],
+                   yaml.safe_load((root / "params.yaml").read_text()), "../" if folder else "")
+
+    @property
+    def runs(self) -> list[str]:
+        """Stages that run a project script (all but `code`)."""
+        return sorted(set(self.stages) - {"code"})
+
+    def script(self, stage: str) -> str:
+        return self.stages[stage]["cmd"].split()[1].removeprefix(self.up).removeprefix("stages/").removesuffix(".py")
+
+
+MAIN, PAPER = Pipeline.load(""), Pipeline.load("paper")
+STAGES, PARAMS = MAIN.stages, MAIN.params
+PIPELINE = MAIN.runs
+CASES = [(pipeline, stage) for pipeline in (MAIN, PAPER) for stage in pipeline.runs]
+IDS = [f"{pipeline.name}:{stage}" for pipeline, stage in CASES]
 
 
 def _script(stage: str) -> ast.Module:
@@ -75,11 +105,11 @@ def _bare_config_uses(tree: ast.Module) -> list[int]:
     return [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "config" and id(n) not in seen]
 
 
-def _sources(chain: tuple[str, ...]) -> tuple[str, ...]:
+def _sources(chain: tuple[str, ...], params: Mapping[str, Any] = PARAMS) -> tuple[str, ...]:
     if len(chain) > 1 and ".".join(chain[:2]) in PARAM_SOURCES:
         return PARAM_SOURCES[".".join(chain[:2])]
     sources = PARAM_SOURCES[chain[0]]
-    if len(chain) > 1 and len(sources) == 1 and isinstance(PARAMS.get(sources[0]), Mapping):
+    if len(chain) > 1 and len(sources) == 1 and isinstance(params.get(sources[0]), Mapping):
         return (f"{sources[0]}.{chain[1]}",)  # one field of a params section (data, ray)
     return sources
 
@@ -90,56 +120,60 @@ def _leaves(tree: object, prefix: str) -> set[str]:
     return {prefix}
 
 
-def _expand(key: str) -> set[str]:
+def _expand(key: str, params: Mapping[str, Any] = PARAMS) -> set[str]:
     """A params.yaml key as the set of leaves it covers: ``ray`` -> ray.address, ray.num_workers, ..."""
-    tree = PARAMS
+    tree = params
     for part in key.split("."):
         tree = tree[part] if isinstance(tree, Mapping) and part in tree else None
     return _leaves(tree, key)
 
 
-def reads(stage: str) -> set[str]:
-    return {key for chain in _chains(_script(stage)) for key in _sources(chain)}
+def reads(script: str, params: Mapping[str, Any] = PARAMS) -> set[str]:
+    return {key for chain in _chains(_script(script)) for key in _sources(chain, params)}
 
 
-def params_read(stage: str) -> set[str]:
-    return set().union(*(_expand(key) for key in reads(stage) - {"recipe"})) - EXECUTION_ONLY
+def params_read(script: str, params: Mapping[str, Any] = PARAMS) -> set[str]:
+    return set().union(*(_expand(key, params) for key in reads(script, params) - {"recipe"})) - EXECUTION_ONLY
 
 
-def params_declared(stage: str) -> set[str]:
-    entries = STAGES[stage].get("params", [])
+def params_declared(pipeline: Pipeline, stage: str) -> set[str]:
+    entries = pipeline.stages[stage].get("params", [])
     assert all(isinstance(entry, str) for entry in entries), f"stage {stage!r}: params come from params.yaml only"
-    return set().union(*(_expand(key) for key in entries))
+    return set().union(*(_expand(key, pipeline.params) for key in entries))
 
 
-@pytest.mark.parametrize("stage", PIPELINE)
-def test_stage_depends_on_its_code_manifest_which_lists_exactly_its_code(stage):
-    deps = STAGES[stage]["deps"]
-    assert f"code/{stage}.txt" in deps
-    assert not [d for d in deps if d.startswith(("pipeline", "stages"))], "code is listed through the manifest"
-    script = REPO / "stages" / f"{stage}.py"
-    listed = [line.split()[0] for line in stage_manifest(script).splitlines() if not line.startswith("#")]
-    assert listed == sorted(code_needed(stage))
-    assert listed == [_relative(p) for p in stage_files(script)]
+@pytest.mark.parametrize(("pipeline", "stage"), CASES, ids=IDS)
+def test_stage_depends_on_its_code_manifest_which_lists_exactly_its_code(pipeline, stage):
+    script = pipeline.script(stage)
+    deps = pipeline.stages[stage]["deps"]
+    assert f"{pipeline.up}code/{script}.txt" in deps
+    assert not [d for d in deps if d.removeprefix(pipeline.up).startswith(("pipeline", "stages"))], (
+        "code is listed through the manifest")
+    path = REPO / "stages" / f"{script}.py"
+    listed = [line.split()[0] for line in stage_manifest(path).splitlines() if not line.startswith("#")]
+    assert listed == sorted(code_needed(script))
+    assert listed == [_relative(p) for p in stage_files(path)]
 
 
 def test_the_code_stage_reads_all_code_and_writes_every_manifest():
     assert sorted(STAGES["code"]["deps"]) == ["pipeline", "stages"]
     scripts = {p.stem for p in (REPO / "stages").glob("*.py")} - {"__init__", "code"}
-    assert scripts == set(PIPELINE)
+    assert scripts == {pipeline.script(stage) for pipeline, stage in CASES}
+    assert set(PAPER.stages) >= {"fetch", "split", "costs"}, "the experiments prepare their data as the pipeline does"
 
 
-@pytest.mark.parametrize("stage", PIPELINE)
-def test_stage_lists_exactly_the_params_it_reads(stage):
-    assert not _bare_config_uses(_script(stage)), (
-        f"stages/{stage}.py passes `config` on whole (lines {_bare_config_uses(_script(stage))}); "
+@pytest.mark.parametrize(("pipeline", "stage"), CASES, ids=IDS)
+def test_stage_lists_exactly_the_params_it_reads(pipeline, stage):
+    script = pipeline.script(stage)
+    assert not _bare_config_uses(_script(script)), (
+        f"stages/{script}.py passes `config` on whole (lines {_bare_config_uses(_script(script))}); "
         "pass the fields a function needs, so that what the stage reads can be seen")
-    read, declared = params_read(stage), params_declared(stage)
-    assert not read - declared, f"dvc.yaml stage {stage!r} reads {sorted(read - declared)} but does not declare them"
-    assert not declared - read, f"dvc.yaml stage {stage!r} declares {sorted(declared - read)} but never reads them"
-    uses_recipe = "recipe" in reads(stage)
-    assert (RECIPE_FILE in STAGES[stage]["deps"]) == uses_recipe, (
-        f"dvc.yaml stage {stage!r} {'reads' if uses_recipe else 'does not read'} {RECIPE_FILE}")
+    read, declared = params_read(script, pipeline.params), params_declared(pipeline, stage)
+    assert not read - declared, f"{pipeline.name} stage {stage!r} reads {sorted(read - declared)} but does not declare them"
+    assert not declared - read, f"{pipeline.name} stage {stage!r} declares {sorted(declared - read)} but never reads them"
+    uses_recipe = "recipe" in reads(script, pipeline.params)
+    assert (pipeline.up + RECIPE_FILE in pipeline.stages[stage]["deps"]) == uses_recipe, (
+        f"{pipeline.name} stage {stage!r} {'reads' if uses_recipe else 'does not read'} {RECIPE_FILE}")
 
 
 def test_the_import_walk_finds_indirect_and_relative_imports():

@@ -1,0 +1,69 @@
+"""DVC stage 'paper_lambdas' (paper/dvc.yaml): test WER against lambda (section 5.2, Figure 5).
+
+From the zero-loss baseline (models/<dataset>/paper/baselines/zero_loss), CSADA fine-tunes on the
+data set's cost matrix with each lambda of ``paper.lambdas.values`` for ``paper.replications``
+seeds, keeping its last epoch; lambda 0 is the baseline itself (CSADA's objective is then plain
+ERM). One Ray Tune sweep. Writes results/lambdas.json (mean and 90% prediction interval of the
+test WER per lambda), results/lambdas.csv (every run) and results/figures/lambdas.png.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Config
+from pipeline.distributed import run_jobs
+from pipeline.evaluation import write_csv, write_json
+from pipeline.experiments import (
+    costed_test,
+    curve_summary,
+    experiment_job,
+    run_outcomes,
+)
+from pipeline.paper_figures import lambda_figure
+from pipeline.plan import baseline_job
+from pipeline.stage import run_stage
+
+RESULTS = Path("results")
+
+
+def main(config: Config) -> str:
+    test = costed_test(config.dataset, config.paths.raw, config.paths.manifest, config.data.label_column,
+                       config.paths.cost)
+    baseline_dir, baseline_wer = test.baseline_dir, test.wer(test.baseline_logits)
+
+    trained = [value for value in config.paper.lambdas if value > 0]
+    runs = [(value, replication) for value in trained for replication in range(config.paper.replications)]
+    method = config.paper.lambda_method
+    jobs = [experiment_job(baseline_job(baseline_dir), baseline_dir,
+                           dataclasses.replace(method, options={**method.options, "adv_weight": value}),
+                           config.paths.cost, name=f"{config.dataset}-lambda-{value:g}-r{replication}",
+                           seed=config.seed * 1000 + replication, replication=replication)
+            for value, replication in runs]
+    stores = run_jobs(jobs, config.ray, Path.cwd(), experiment="paper_lambdas")
+    outcomes = run_outcomes(stores, [test.costs] * len(stores), test.data, test.loader)
+    table = pd.DataFrame(
+        [{"lambda": 0.0, "replication": r, "wer": baseline_wer} for r in range(config.paper.replications)]
+        + [{"lambda": value, "replication": replication, "wer": test.wer(logits),
+            "accuracy": float((logits.argmax(1) == test.labels).float().mean())}
+           for (value, replication), (logits, _) in zip(runs, outcomes)])
+    lambdas = sorted(config.paper.lambdas)
+    grid = np.array([[table[(table["lambda"] == value) & (table["replication"] == r)]["wer"].item()
+                      for value in lambdas] for r in range(config.paper.replications)])
+    curve = curve_summary(grid)
+    write_csv(table, RESULTS / "lambdas.csv")
+    write_json({"lambdas": lambdas, "baseline_wer": baseline_wer, "wer": curve,
+                "epochs": method.optim.epochs, "replications": config.paper.replications}, RESULTS / "lambdas.json")
+    lambda_figure(lambdas, curve, baseline_wer,
+                  f"Test WER against lambda on {config.dataset} ({config.model}), CSADA from the zero-loss "
+                  f"baseline,\n{method.optim.epochs} epochs at lr {method.optim.lr:g}, last epoch",
+                  RESULTS / "figures" / "lambdas.png")
+    best = int(np.argmin(curve["mean"]))
+    return (f"{len(jobs)} runs; lowest mean test WER {curve['mean'][best]:.4f} at lambda {lambdas[best]:g} "
+            f"(baseline {baseline_wer:.4f}) -> {RESULTS / 'lambdas.json'}")
+
+
+if __name__ == "__main__":
+    run_stage("paper_lambdas", main)

@@ -1,0 +1,145 @@
+"""DVC stage 'paper_pairs' (paper/dvc.yaml): the pair sweep of section 5.1 (Figures 1b, 3, 4) and
+the over-parameterisation test of section 1.1, as one Ray Tune sweep.
+
+The critical pairs are the ``paper.pairs.top`` ordered pairs (y', z') the zero-loss baseline
+confuses most on validation (0: every ordered pair). For each pair, cost 1 on predicting y' as z'
+and 0 elsewhere; every method of ``paper.pairs.methods`` fine-tunes each of the two baselines
+(models/<dataset>/paper/baselines/) for ``paper.replications`` seeds, keeping its last epoch.
+Scored on the test split: the critical pair's error rate (share of class y' predicted z') and
+accuracy. Writes results/pairs.json (metrics: the share of the baselines' critical errors each
+method removed, with a 90% confidence interval over replications), results/pairs.csv (every run)
+and results/figures/pairs_<baseline>.png (the baseline's pairwise error rates beside each
+method's critical-pair rates).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from pipeline.config import Config
+from pipeline.costs import CostMatrix
+from pipeline.distributed import run_jobs
+from pipeline.evaluation import DISPLAY_NAMES, write_csv, write_json
+from pipeline.experiments import (
+    BASELINES,
+    MAIN_BASELINE,
+    baseline_fit,
+    confused_pairs,
+    experiment_job,
+    pair_error_rates,
+    paper_models,
+    removed_share,
+    run_outcomes,
+    single_pair_matrix,
+)
+from pipeline.paper_figures import pair_heatmaps
+from pipeline.plan import baseline_job
+from pipeline.prepare import load_prepared
+from pipeline.stage import run_stage
+from pipeline.train import predict_logits, trained_model
+
+RESULTS = Path("results")
+LABELS = {"fit": "stopped at 100% training accuracy", "zero_loss": "trained to zero training loss"}
+
+
+def pair_costs(pairs: list[tuple[int, int]], classes: list[str], folder: Path) -> dict[tuple[int, int], Path]:
+    """Each pair's cost matrix as a file: an input of its runs (hashed into their keys), not a result."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for pair in pairs:
+        files[pair] = folder / f"{pair[0]}-{pair[1]}.csv"
+        CostMatrix(classes, single_pair_matrix(len(classes), pair)).save(files[pair])
+    return files
+
+
+def run_rows(runs: list, predictions: list, test_y: torch.Tensor, classes: list[str],
+             base_rates: dict[str, np.ndarray], base_accuracy: dict[str, float]) -> pd.DataFrame:
+    """One row per run: its critical pair's test errors and rate beside the baseline's, and accuracy."""
+    counts = torch.bincount(test_y, minlength=len(classes)).numpy()
+    rows = []
+    for (base, pair, method, replication), (predicted, history) in zip(runs, predictions):
+        errors = int(((predicted == pair[1]) & (test_y == pair[0])).sum())
+        rows.append({"baseline": base, "true": classes[pair[0]], "predicted": classes[pair[1]], "method": method.name,
+                     "replication": replication, "class_count": int(counts[pair[0]]),
+                     "baseline_errors": int(round(base_rates[base][pair] * counts[pair[0]])), "errors": errors,
+                     "baseline_rate": float(base_rates[base][pair]), "rate": errors / int(counts[pair[0]]),
+                     "baseline_accuracy": base_accuracy[base],
+                     "accuracy": float((predicted == test_y).float().mean()), "epochs": len(history["history"])})
+    return pd.DataFrame(rows)
+
+
+def method_result(rows: pd.DataFrame, before: np.ndarray, base_accuracy: float) -> dict:
+    """One method from one baseline: the share of the critical errors it removed (per replication,
+    summed over the pairs), its critical errors and its accuracy."""
+    after = [group.sort_values(["true", "predicted"])["errors"].to_numpy() for _, group in rows.groupby("replication")]
+    return {"removed_share": removed_share(before, after), "critical_errors": float(np.mean([a.sum() for a in after])),
+            "test_accuracy": float(rows["accuracy"].mean()),
+            "accuracy_change": float(rows["accuracy"].mean() - base_accuracy)}
+
+
+def critical_rates(rows: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """K x K: each swept pair's mean test error rate after fine-tuning for it; NaN elsewhere."""
+    matrix = np.full((len(classes), len(classes)), np.nan)
+    for (true, predicted), group in rows.groupby(["true", "predicted"]):
+        matrix[classes.index(true), classes.index(predicted)] = group["rate"].mean()
+    return matrix
+
+
+def main(config: Config) -> str:
+    baselines = paper_models(config.dataset) / "baselines"
+    data = load_prepared(config.dataset, config.paths.raw, config.paths.manifest, augment=False,
+                         label_column=config.data.label_column)
+    k, classes = data.num_classes, list(data.classes)
+    loaders = {split: DataLoader(data.split(split), batch_size=256, shuffle=False) for split in ("val", "test")}
+    base_predictions = {name: {split: predict_logits(trained_model(baselines / name, data, None), loader)[0].argmax(1)
+                               for split, loader in loaders.items()}
+                        for name in BASELINES}
+    pairs = confused_pairs(base_predictions[MAIN_BASELINE]["val"], data.split("val").y, k, config.paper.top_pairs)
+    cost_files = pair_costs(pairs, classes, Path("runs") / "paper" / config.dataset / "pair_costs")
+    runs = [(base, pair, method, replication)
+            for base in BASELINES for pair in pairs for method in config.paper.pair_methods
+            for replication in range(config.paper.replications)]
+    jobs = [experiment_job(baseline_job(baselines / base), baselines / base, method, cost_files[pair],
+                           name=f"{config.dataset}-pairs-{base}-{pair[0]}-{pair[1]}-{method.name}-r{replication}",
+                           seed=config.seed * 1000 + replication, replication=replication)
+            for base, pair, method, replication in runs]
+    stores = run_jobs(jobs, config.ray, Path.cwd(), experiment="paper_pairs")
+
+    test_y = data.split("test").y
+    costs = [CostMatrix.load(cost_files[pair]).as_tensor() for _, pair, _, _ in runs]
+    predictions = [(logits.argmax(1), history) for logits, history in run_outcomes(stores, costs, data, loaders["test"])]
+    base_rates = {name: pair_error_rates(p["test"], test_y, k) for name, p in base_predictions.items()}
+    base_accuracy = {name: float((p["test"] == test_y).float().mean()) for name, p in base_predictions.items()}
+    table = run_rows(runs, predictions, test_y, classes, base_rates, base_accuracy)
+    metrics = {"pairs": [[classes[y], classes[z]] for y, z in pairs], "replications": config.paper.replications,
+               "baselines": {}}
+    for base in BASELINES:
+        history = json.loads((baselines / base / "history.json").read_text())["history"]
+        part = table[table["baseline"] == base]
+        before = part.drop_duplicates(["true", "predicted"])["baseline_errors"].to_numpy()
+        methods = {m.name: part[part["method"] == m.name] for m in config.paper.pair_methods}
+        metrics["baselines"][base] = {
+            **baseline_fit(base, history[-1], config.paper.zero_loss), "test_accuracy": base_accuracy[base],
+            "critical_errors": int(before.sum()),
+            "methods": {name: method_result(rows, before, base_accuracy[base]) for name, rows in methods.items()}}
+        panels = [(f"Baseline ({LABELS[base]})\nevery pair's test error rate", base_rates[base])]
+        panels += [(f"{DISPLAY_NAMES.get(name, name)}: critical pair's rate\n"
+                    f"after fine-tuning (mean of {config.paper.replications})", critical_rates(rows, classes))
+                   for name, rows in methods.items()]
+        pair_heatmaps(panels, classes, pairs,
+                      f"Pair sweep on {config.dataset} ({config.model}), from the baseline {LABELS[base]}",
+                      RESULTS / "figures" / f"pairs_{base}.png")
+    write_csv(table, RESULTS / "pairs.csv")
+    write_json(metrics, RESULTS / "pairs.json")
+    removed = {m: v["removed_share"]["mean"] for m, v in metrics["baselines"][MAIN_BASELINE]["methods"].items()}
+    shares = ", ".join(f"{m} {share:.0%}" for m, share in removed.items() if share is not None)
+    return (f"{len(jobs)} runs ({len(pairs)} pairs x {len(config.paper.pair_methods)} methods x "
+            f"{config.paper.replications} x 2 baselines); critical errors removed from the zero-loss baseline: "
+            f"{shares or 'none to remove'} -> {RESULTS / 'pairs.json'}")
+
+if __name__ == "__main__":
+    run_stage("paper_pairs", main)
