@@ -38,6 +38,7 @@ from pipeline.validation import (
     OPTIM_KEYS,
     RECIPE_DIR,
     ConfigError,
+    MethodConfig,
     as_bool,
     as_mapping,
     check_keys,
@@ -51,15 +52,6 @@ RECIPE_KEYS = ("model", "model_options", "pretrained", "costs", "split", "evalua
 # params of any stage, so changing them re-runs nothing.
 EXECUTION_ONLY = frozenset({"ray.address", "ray.cpus_per_worker", "ray.max_concurrent_trials",
                             "ray.storage_path"})
-
-
-@dataclass(frozen=True)
-class MethodConfig:
-    name: str
-    optim: OptimConfig
-    options: Mapping[str, Any] = field(default_factory=dict)
-    # Keys set in params.yaml's finetune.<method>: the search leaves them as they are.
-    pinned: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

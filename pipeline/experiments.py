@@ -28,10 +28,10 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from pipeline.checkpoints import HISTORY_FILE, RunStore
+from pipeline.config import MethodConfig
 from pipeline.costs import CostMatrix
 from pipeline.jobs import TrainJob
 from pipeline.metrics import mean_interval, summarize
-from pipeline.paper_config import MethodSettings
 from pipeline.plan import finetune_inputs_digest, finetune_job
 from pipeline.prepare import load_prepared
 from pipeline.train import predict_logits, trained_model
@@ -56,10 +56,7 @@ class CostedTest:
     loader: DataLoader
     labels: Tensor
     baseline_logits: Tensor
-
-    @property
-    def costs(self) -> Tensor:
-        return self.cost.as_tensor()
+    costs: Tensor  # the cost matrix as a tensor, c(y, z) in row y
 
     def wer(self, logits: Tensor) -> float:
         """Test WER of outputs under argmax."""
@@ -74,7 +71,7 @@ def costed_test(dataset: str, raw: Path, manifest: Path, label_column: str, cost
     loader = DataLoader(data.split("test"), batch_size=256, shuffle=False)
     logits = predict_logits(trained_model(baseline_dir, data, None), loader)[0]
     return CostedTest(baseline_dir=baseline_dir, data=data, cost=cost, loader=loader, labels=data.split("test").y,
-                      baseline_logits=logits)
+                      baseline_logits=logits, costs=cost.as_tensor())
 
 
 def run_outcomes(stores: Sequence[RunStore], costs: Sequence[Tensor | None], data: Any,
@@ -100,7 +97,7 @@ def baseline_fit(name: str, last_epoch: dict[str, float], zero_loss: float) -> d
             "reached": bool(accuracy >= 1.0 if name == "fit" else loss < zero_loss)}
 
 
-def experiment_job(baseline: TrainJob, baseline_dir: Path, method: MethodSettings, cost_csv: Path, name: str,
+def experiment_job(baseline: TrainJob, baseline_dir: Path, method: MethodConfig, cost_csv: Path, name: str,
                    seed: int, replication: int, track_test: bool = False) -> TrainJob:
     """A fine-tuning run of ``method`` from a baseline that keeps its last epoch."""
     job = finetune_job(baseline, method, cost_csv=cost_csv, baseline_dir=baseline_dir, name=name, seed=seed,

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.methods import FINETUNE_METHODS, METHODS
-from pipeline.optim import OptimConfig
 from pipeline.validation import (
     OPTIM_KEYS,
     RECIPE_DIR,
+    MethodConfig,
     as_mapping,
     check_keys,
     invalid,
@@ -28,35 +28,26 @@ from pipeline.validation import (
 
 
 @dataclass(frozen=True)
-class MethodSettings:
-    """One method as an experiment runs it: optimisation and the method's own options."""
-
-    name: str
-    optim: OptimConfig
-    options: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
 class PaperConfig:
     replications: int  # of every fine-tuning run (the convergence experiment has its own)
     baseline_max_epochs: int  # the most epochs either baseline of section 1.1 trains
     zero_loss: float  # the over-parameterised baseline trains until its training loss is below this
     top_pairs: int  # pair sweep: the pairs the baseline confuses most on validation; 0: every ordered pair
-    pair_methods: tuple[MethodSettings, ...]
+    pair_methods: tuple[MethodConfig, ...]
     lambdas: tuple[float, ...]  # lambda sweep; 0 is the baseline itself
-    lambda_method: MethodSettings  # CSADA as the lambda sweep runs it (adv_weight set per value)
+    lambda_method: MethodConfig  # CSADA as the lambda sweep runs it (adv_weight set per value)
     convergence_replications: int
-    convergence_method: MethodSettings
-    table_methods: tuple[MethodSettings, ...]  # Tables 3/4: each method on the data set's costs
+    convergence_method: MethodConfig
+    table_methods: tuple[MethodConfig, ...]  # Tables 3/4: each method on the data set's costs
 
 
 def _method(name: str, recipe: Mapping[str, Any], finetune: Mapping[str, Any], overrides: Any, where: str,
-            dataset: str) -> MethodSettings:
+            dataset: str) -> MethodConfig:
     own = as_mapping(overrides, where)
     optim, options = resolve_training(as_mapping(recipe.get(name), f"{RECIPE_DIR}/{dataset}.yaml:{name}"),
                                       {**finetune, **own}, where, set(OPTIM_KEYS) | set(METHODS[name].options()),
                                       dataset)
-    return MethodSettings(name=name, optim=optim, options=options)
+    return MethodConfig(name=name, optim=optim, options=options)
 
 
 def _method_names(value: Any, key: str) -> list[str]:

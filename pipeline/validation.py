@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.attacks import NORMS, STEP_RULES
@@ -101,3 +102,14 @@ def resolve_training(recipe: Mapping[str, Any], overrides: Mapping[str, Any], wh
         raise ConfigError(f"params.yaml: {where}.epochs is not set by the recipe or an override")
     optim = OptimConfig(**{k: v for k, v in checked.items() if k in OPTIM_KEYS})
     return optim, {k: v for k, v in checked.items() if k not in OPTIM_KEYS}
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """One fine-tuning method as a run uses it: optimisation and the method's own options."""
+
+    name: str
+    optim: OptimConfig
+    options: Mapping[str, Any] = field(default_factory=dict)
+    # Keys set in params.yaml's finetune.<method>: the search leaves them as they are.
+    pinned: frozenset[str] = frozenset()

@@ -110,7 +110,8 @@ def main(config: Config) -> str:
     stores = run_jobs(jobs, config.ray, Path.cwd(), experiment="paper_pairs")
 
     test_y = data.split("test").y
-    costs = [CostMatrix.load(cost_files[pair]).as_tensor() for _, pair, _, _ in runs]
+    pair_cost = {pair: CostMatrix.load(path).as_tensor() for pair, path in cost_files.items()}
+    costs = [pair_cost[pair] for _, pair, _, _ in runs]
     predictions = [(logits.argmax(1), history) for logits, history in run_outcomes(stores, costs, data, loaders["test"])]
     base_rates = {name: pair_error_rates(p["test"], test_y, k) for name, p in base_predictions.items()}
     base_accuracy = {name: float((p["test"] == test_y).float().mean()) for name, p in base_predictions.items()}
