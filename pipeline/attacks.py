@@ -160,6 +160,24 @@ def _check_arguments(
         )
 
 
+def _class_indices(labels: Tensor, name: str) -> Tensor:
+    """``labels`` as class indices (int64); fractional values are refused, not truncated."""
+    if labels.is_floating_point() and bool((labels != labels.round()).any()):
+        first = int((labels != labels.round()).nonzero()[0, 0])
+        raise ValueError(f"{name} must hold class indices; sample {first} has {float(labels[first])!r}")
+    return labels.to(torch.long)
+
+
+def _check_classes(y: Tensor, target: Tensor, num_classes: int) -> None:
+    """Every class index within the model's ``num_classes`` outputs."""
+    for name, labels in (("y", y), ("target", target)):
+        outside = (labels < 0) | (labels >= num_classes)
+        if bool(outside.any()):
+            first = int(outside.nonzero()[0, 0])
+            raise ValueError(f"{name} of sample {first} is {int(labels[first])}; the model has {num_classes} "
+                             f"classes: valid indices are 0 to {num_classes - 1}")
+
+
 def _clamp_bounds(clamp: tuple[float | Tensor, float | Tensor] | None, like: Tensor) -> tuple[Tensor, Tensor] | None:
     if clamp is None:
         return None
@@ -242,10 +260,10 @@ def targeted_attack(
     ``fold_batchnorm`` runs the frozen model with its eval-mode BatchNorms folded into the
     layers before them (``pipeline.fusion``): the same function, fewer passes per step.
     """
-    y = y.to(device=x.device, dtype=torch.long)
+    y = _class_indices(y, "y").to(device=x.device)
     if isinstance(target, int):
         target = torch.full_like(y, target)
-    target = target.to(device=x.device, dtype=torch.long)
+    target = _class_indices(target, "target").to(device=x.device)
     _check_arguments(x, y, target, eps, steps, step_size, norm, step_rule)
     ball = NORMS[norm]
     x = x.detach()
@@ -264,6 +282,8 @@ def targeted_attack(
             x_in = (x_active + candidate).requires_grad_(k < steps)
             logits = model(x_in)
             n_forward += 1
+            if k == 0:
+                _check_classes(y, target, logits.shape[1])
             # A prediction other than y stops the sample (see _Record.stops).
             pred = logits.argmax(dim=1)
             stop = pred != y_active

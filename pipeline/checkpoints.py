@@ -10,14 +10,19 @@ file systems, as Ray uses)::
     <storage>/<run name>/outcome/history.json    once finished: every epoch's metrics
 
 The outcome is written last, history after model, so a run whose ``history.json`` exists has
-finished and is reused instead of trained again.
+finished. ``history.json`` records the sha256 of ``model.pt`` and the job: a finished run is reused
+only when both verify (:meth:`RunStore.outcome_problem`), and a checkpoint is resumed only when it
+loads and was saved for the same job (:meth:`RunStore.state_problem`); anything else is discarded
+and trained again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import pickle
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,6 +37,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 OUTCOME_DIR = "outcome"
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
+PARTIAL_SUFFIX = ".partial"  # an interrupted atomic write leaves <name>.<uuid>.partial behind
 
 
 class CheckpointError(UserError):
@@ -48,8 +54,16 @@ def state_from_bytes(data: bytes, where: str | os.PathLike[str]) -> dict[str, An
     """A checkpoint's dict (``weights_only``: tensors and plain values, never code)."""
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Unsupported global" not in str(error):  # garbage or a damaged file, not a foreign object
+            raise CheckpointError(f"checkpoint {where} is not a PyTorch checkpoint, or is damaged; "
+                                  "re-create it (run its stage again)") from None
+        # torch's message runs over many lines and suggests weights_only=False
+        raise CheckpointError(f"checkpoint {where} holds objects other than tensors and plain values; this project "
+                              "does not load it (weights_only): use a checkpoint the pipeline wrote") from None
     except Exception as error:  # truncated, corrupt, or not a torch file at all
-        raise CheckpointError(f"checkpoint {where} cannot be read ({type(error).__name__}: {error})") from None
+        first = (str(error).strip().splitlines() or [""])[0]
+        raise CheckpointError(f"checkpoint {where} cannot be read ({type(error).__name__}: {first})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {where} holds no model state dict")
     return state
@@ -104,7 +118,7 @@ class RunStore:
         """Whole or not at all: write a temporary file beside the target, then move it there."""
         target = self._path(*parts)
         self._fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        temporary = f"{target}.{uuid.uuid4().hex}.partial"
+        temporary = f"{target}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
         with self._fs.open_output_stream(temporary) as stream:
             stream.write(data)
         self._fs.move(temporary, target)
@@ -129,13 +143,79 @@ class RunStore:
         return self._exists(OUTCOME_DIR, HISTORY_FILE) and self._exists(OUTCOME_DIR, MODEL_FILE)
 
     def write_outcome(self, model_state: dict[str, Any], summary: dict[str, Any]) -> None:
-        """``model.pt`` (the selected weights, epoch and job) then ``history.json`` (``summary``)."""
-        self._write(checkpoint_bytes({"model": model_state, "epoch": summary["best_epoch"],
-                                      "job": summary["job"]}), OUTCOME_DIR, MODEL_FILE)
+        """``model.pt`` (the selected weights, epoch and job) then ``history.json`` (``summary`` and
+        the sha256 of ``model.pt``, checked before the outcome is reused)."""
+        model = checkpoint_bytes({"model": model_state, "epoch": summary["best_epoch"], "job": summary["job"]})
+        self._write(model, OUTCOME_DIR, MODEL_FILE)
+        summary = {**summary, "model_sha256": hashlib.sha256(model).hexdigest()}
         self._write(json.dumps(summary, indent=1, sort_keys=True).encode(), OUTCOME_DIR, HISTORY_FILE)
 
+    def outcome_problem(self, job: dict[str, Any]) -> str | None:
+        """Why the finished outcome cannot be reused for ``job`` (a ``TrainJob.to_dict()``), or
+        None when ``history.json`` reads, names this job, and ``model.pt`` has the sha256 it recorded."""
+        try:
+            summary = json.loads(self._read(OUTCOME_DIR, HISTORY_FILE))
+        except (OSError, ValueError) as error:
+            return f"its {HISTORY_FILE} cannot be read ({type(error).__name__})"
+        if not isinstance(summary, dict) or "model_sha256" not in summary:
+            return f"its {HISTORY_FILE} records no checksum of {MODEL_FILE}"
+        if _canonical(summary.get("job")) != _canonical(job):
+            return f"its {HISTORY_FILE} is for another job"
+        try:
+            model = self._read(OUTCOME_DIR, MODEL_FILE)
+        except OSError as error:
+            return f"its {MODEL_FILE} cannot be read ({type(error).__name__})"
+        if hashlib.sha256(model).hexdigest() != summary["model_sha256"]:
+            return f"its {MODEL_FILE} ({len(model)} bytes) differs from the one the run wrote (checksum mismatch)"
+        return None
+
+    def state_problem(self, job: dict[str, Any]) -> str | None:
+        """Why the latest checkpoint cannot be resumed for ``job``, or None (also when there is none)."""
+        try:
+            state = self.load_state()
+        except CheckpointError as error:
+            return str(error)
+        if state is not None and _canonical(state.get("job")) != _canonical(job):
+            return f"{self._path(CHECKPOINT_FILE)} was saved for another job"
+        return None
+
+    def discard(self) -> None:
+        """Delete the run's checkpoint and outcome (the run then starts from scratch)."""
+        from pyarrow import fs
+
+        for parts in ((CHECKPOINT_FILE,), (OUTCOME_DIR,)):
+            info = self._fs.get_file_info(self._path(*parts))
+            if info.type == fs.FileType.File:
+                self._fs.delete_file(info.path)
+            elif info.type == fs.FileType.Directory:
+                self._fs.delete_dir(info.path)
+
+    def remove_partials(self) -> list[str]:
+        """Delete what interrupted writes left behind (``*.partial``); the names deleted. Only safe
+        while no trainer writes to this run (the stage holds the run's lock)."""
+        from pyarrow import fs
+
+        selector = fs.FileSelector(self._root, recursive=True, allow_not_found=True)
+        partial = [info.path for info in self._fs.get_file_info(selector)
+                   if info.type == fs.FileType.File and info.path.endswith(PARTIAL_SUFFIX)]
+        for path in partial:
+            self._fs.delete_file(path)
+        return [path.rsplit("/", 1)[-1] for path in partial]
+
     def copy_outcome(self, destination: Path) -> None:
-        """The finished run's ``model.pt`` and ``history.json`` into the local ``destination``."""
+        """The finished run's ``model.pt`` and ``history.json`` into the local ``destination``,
+        each checked against the checksum the run recorded."""
         destination.mkdir(parents=True, exist_ok=True)
-        for name in (MODEL_FILE, HISTORY_FILE):
-            atomic_write_bytes(destination / name, self._read(OUTCOME_DIR, name))
+        history = self._read(OUTCOME_DIR, HISTORY_FILE)
+        model = self._read(OUTCOME_DIR, MODEL_FILE)
+        recorded = json.loads(history).get("model_sha256")
+        if recorded != hashlib.sha256(model).hexdigest():
+            raise CheckpointError(f"{self._path(OUTCOME_DIR, MODEL_FILE)} changed after the run verified "
+                                  "(checksum mismatch); run the stage again to retrain it")
+        atomic_write_bytes(destination / MODEL_FILE, model)
+        atomic_write_bytes(destination / HISTORY_FILE, history)
+
+
+def _canonical(job: Any) -> str:
+    """A job dict as JSON text, so that one read back from a file compares equal to one in memory."""
+    return json.dumps(job, sort_keys=True, default=str)

@@ -48,6 +48,10 @@ from pipeline.validation import (
 )
 
 RECIPE_KEYS = ("model", "model_options", "pretrained", "costs", "split", "evaluate", "baseline", *FINETUNE_METHODS)
+# Params that point at a user's file, and the folder beside params.yaml that file must lie in. The
+# folder is a DVC dependency of each stage that reads the param (tests/test_stage_deps.py checks),
+# so an edit to the file re-runs that stage; a file elsewhere would go unseen.
+USER_FILE_FOLDERS = {"costs.file": "costs", "data.source": "sources"}
 # Settings that decide where and how a run executes, never what it computes: they are not DVC
 # params of any stage, so changing them re-runs nothing.
 EXECUTION_ONLY = frozenset({"ray.address", "ray.cpus_per_worker", "ray.max_concurrent_trials",
@@ -179,7 +183,26 @@ def _merged(recipe: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def _cost_config(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str) -> CostConfig:
+def user_file(value: Any, key: str, project: Path) -> str | None:
+    """A param that points at a user's file: a path string inside its folder
+    (:data:`USER_FILE_FOLDERS`) under the ``project`` folder, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise invalid(key, value, "expected a path (or null)")
+    folder = USER_FILE_FOLDERS[key]
+    path = Path(value) if Path(value).is_absolute() else project / value
+    if not path.resolve().is_relative_to((project / folder).resolve()):
+        name = Path(value).name or "yours"
+        raise ConfigError(
+            f"params.yaml: {key} = {value!r} is outside {folder}/, where DVC watches it for changes; bring it in "
+            f"with `dvc add` (copy it to {folder}/{name} first) or `dvc import-url {value} {folder}/{name}`, "
+            f"then set {key}={folder}/{name}")
+    return value
+
+
+def _cost_config(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str,
+                 project: Path = Path()) -> CostConfig:
     """params.yaml's ``costs`` (what a user switches: kind, the Pareto draw, a pair, a file) over
     the recipe's (the default kind and its settings: Pareto shape and scale, the toy's critical
     pair, PMI's expert pairs)."""
@@ -218,11 +241,11 @@ def _cost_config(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset:
         expert=dict(expert),
         true_class=None if pair is None else str(pair[0]),
         predicted_class=None if pair is None else str(pair[1]),
-        file=section.get("file"),
+        file=user_file(section.get("file"), "costs.file", project),
     )
 
 
-def _ray_config(section: Mapping[str, Any], available_cpus: int | None) -> RayConfig:
+def _ray_config(section: Mapping[str, Any], available_cpus: int | None, project: Path = Path()) -> RayConfig:
     check_keys(section, RayConfig.__dataclass_fields__, "ray")
     num_workers = positive_int(section.get("num_workers", 1), "ray.num_workers")
     cpus = section.get("cpus_per_worker", 1)
@@ -247,8 +270,18 @@ def _ray_config(section: Mapping[str, Any], available_cpus: int | None) -> RayCo
         use_gpu=use_gpu,
         cpus_per_worker=float(cpus),
         max_concurrent_trials=positive_int(section.get("max_concurrent_trials", 2), "ray.max_concurrent_trials"),
-        storage_path=str(section.get("storage_path", "runs/ray")),
+        storage_path=_storage_path(section.get("storage_path", "runs/ray"), project),
     )
+
+
+def _storage_path(value: Any, project: Path) -> str:
+    """``ray.storage_path``: a URI, or a local folder that is not the project folder itself (run
+    folders would land among the project's files)."""
+    if not isinstance(value, str) or not value.strip():
+        raise invalid("ray.storage_path", value, "expected a folder (runs/ray) or a URI (s3://bucket/runs)")
+    if "://" not in value and (project / value).resolve() == project.resolve():
+        raise invalid("ray.storage_path", value, "it is the project folder itself; use a folder of its own (runs/ray)")
+    return value
 
 
 def _search_config(section: Mapping[str, Any]) -> SearchConfig:
@@ -265,7 +298,7 @@ def _search_config(section: Mapping[str, Any]) -> SearchConfig:
                         time_budget_s=float(budget), max_accuracy_drop=float(drop))
 
 
-def _data_config(data: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str) -> DataConfig:
+def _data_config(data: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str, project: Path = Path()) -> DataConfig:
     check_keys(data, {"source", "download", "label_column", "verify_checksums"}, "data")
     split = as_mapping(recipe.get("split"), f"{RECIPE_DIR}/{dataset}.yaml:split")
     check_keys(split, {"val_fraction"}, f"{RECIPE_DIR}/{dataset}.yaml:split")
@@ -273,7 +306,7 @@ def _data_config(data: Mapping[str, Any], recipe: Mapping[str, Any], dataset: st
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
         raise invalid(f"{RECIPE_DIR}/{dataset}.yaml:split.val_fraction", val_fraction, "must be a number in (0, 1)")
     config = DataConfig(
-        source=data.get("source"),
+        source=user_file(data.get("source"), "data.source", project),
         download=as_bool(data.get("download", False), "data.download"),
         label_column=str(data.get("label_column", "label")),
         verify_checksums=as_bool(data.get("verify_checksums", True), "data.verify_checksums"),
@@ -332,10 +365,12 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
     defaults to ``recipes/`` beside the params file or its nearest parent folder that has one, or in the
     working directory for a mapping).
     """
+    project = Path()  # the folder user files are relative to: the params file's, or the working directory
     if not isinstance(params, Mapping):
         path = Path(params)
         params = read_yaml(path, "run from the repository root, or pass the params file")
         recipe_dir = recipe_dir if recipe_dir is not None else _recipes_near(path)
+        project = path.parent
     available_cpus = os.cpu_count() if available_cpus is None else available_cpus
     check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "search", "ray", "paper"},
                "<top>")
@@ -357,16 +392,16 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
     return Config(
         dataset=dataset,
         seed=positive_int(params.get("seed", 0), "seed", minimum=0),
-        data=_data_config(as_mapping(params.get("data"), "data"), recipe, dataset),
+        data=_data_config(as_mapping(params.get("data"), "data"), recipe, dataset, project),
         costs=_cost_config(as_mapping(params.get("costs"), "costs"),
-                           as_mapping(recipe.get("costs"), f"{RECIPE_DIR}/{dataset}.yaml:costs"), dataset),
+                           as_mapping(recipe.get("costs"), f"{RECIPE_DIR}/{dataset}.yaml:costs"), dataset, project),
         model=str(model),
         model_options=dict(as_mapping(recipe.get("model_options"), f"{RECIPE_DIR}/{dataset}.yaml:model_options")),
         pretrained=as_bool(recipe.get("pretrained", False), f"{RECIPE_DIR}/{dataset}.yaml:pretrained"),
         baseline=baseline,
         methods=_methods(finetune, recipe, dataset),
         replications=positive_int(finetune.get("replications", 3), "finetune.replications"),
-        ray=_ray_config(as_mapping(params.get("ray"), "ray"), available_cpus),
+        ray=_ray_config(as_mapping(params.get("ray"), "ray"), available_cpus, project),
         search=_search_config(as_mapping(params.get("search"), "search")),
         paper=parse_paper(as_mapping(params.get("paper"), "paper"), recipe, dataset),
         top_k=positive_int(evaluate.get("top_k", 3), f"{RECIPE_DIR}/{dataset}.yaml:evaluate.top_k"),

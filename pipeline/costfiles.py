@@ -32,7 +32,10 @@ _FORMATS = {".csv": "csv", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
 
 def load(path: str | os.PathLike[str]) -> CostMatrix:
-    return _READERS[_format_of(path)](path)
+    reader = _READERS[_format_of(path)]
+    if not Path(path).is_file():
+        raise CostMatrixError(f"cost file {path} not found")
+    return reader(path)
 
 
 def save(cost: CostMatrix, path: str | os.PathLike[str]) -> None:
@@ -50,6 +53,11 @@ def read_csv(path: str | os.PathLike[str]) -> CostMatrix:
     rows = [row for row in rows if any(row)]
     if not rows:
         raise CostMatrixError(f"{path}: empty CSV; expected a header row of class names")
+    if len(rows[0]) == 1:
+        other = next((d for d in ";\t|" if d in rows[0][0]), None)
+        found = f"its header is split by {other!r}" if other else "its header has one cell"
+        raise CostMatrixError(f"{path}: {found}; cost CSVs are comma-separated: a corner cell, then one "
+                              "column per class")
     names = [_class_name(c, f"{path}: header column {n}") for n, c in enumerate(rows[0][1:], start=1)]
     values = np.zeros((len(rows) - 1, len(names)))
     for r, row in enumerate(rows[1:]):

@@ -64,6 +64,11 @@ def _finite_number(value: Any, what: str, *, positive: bool = False) -> float:
     return number
 
 
+# The largest cost accepted. Only ratios of costs matter, and sums of costs over a data set (WER,
+# the methods' weights) must stay finite in float32 (3.4e38) with room to spare.
+MAX_COST = 1e12
+
+
 class CostMatrix:
     """An immutable K x K matrix of misclassification costs c(y, z) with class names.
 
@@ -99,6 +104,8 @@ class CostMatrix:
         checks = (
             (~np.isfinite(array), "costs must be finite (no NaN or infinity)"),
             (array < 0, "costs must be >= 0"),
+            (array > MAX_COST, f"costs must be at most {MAX_COST:g} (only their ratios matter: divide every "
+                               "cost by a common factor)"),
             (np.eye(k, dtype=bool) & (array != 0), "a correct prediction costs nothing: the diagonal must be 0"),
         )
         for bad, rule in checks:

@@ -10,21 +10,37 @@
 Each job's run keeps its state under ``ray.storage_path/<job name>-<fingerprint>``
 (:class:`~pipeline.checkpoints.RunStore`): a job that finished before is not trained again (its
 outcome is copied), an unfinished one resumes from its last checkpoint, whether it was stopped by
-a crashed worker (Ray retries the trial) or by a killed stage.
+a crashed worker (Ray retries the trial) or by a killed stage. Before any of that:
+
+* a finished run is reused only when its outcome verifies (checksum and job), and a checkpoint is
+  resumed only when it loads for the same job; otherwise it is discarded, with a line saying so;
+* every pending job is checked without training (:func:`pipeline.preflight.check_jobs`);
+* the stage locks the local run folders it trains (:mod:`pipeline.runlocks`) and deletes what
+  interrupted writes left in them.
+
+A run that fails with a user error (a :class:`~pipeline.errors.UserError`: bad data or a
+checkpoint found only in the worker, a run that diverged) is not retried, since it would fail
+again: the trial hands the message back and the stage ends with it as one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pipeline.checkpoints import RunStore
 from pipeline.config import TRIAL_DRIVER_CPUS, RayConfig
+from pipeline.errors import UserError
 from pipeline.jobs import TrainJob, run_name
+from pipeline.preflight import check_jobs
 from pipeline.progress import quiet_ray_logging, say, trial_progress
+from pipeline.runlocks import locked_runs
 from pipeline.train import train_func
 
 # Ray retries a failed trial (and Ray Train a failed worker group) this often, from the last checkpoint.
@@ -35,6 +51,12 @@ CHECKPOINT_INTERVAL_S = 60.0
 # Finished runs the current stage does not use are kept in a local ray.storage_path up to this
 # many (the most recently finished); older ones are deleted. CSADA_KEEP_RUNS changes it.
 KEEP_UNUSED_RUNS = int(os.environ.get("CSADA_KEEP_RUNS", "200"))
+# The metric a trial reports instead of raising when its run failed with a user error.
+USER_ERROR = "user_error"
+
+
+class RunFailedError(UserError):
+    """A training run stopped by a user error (its message), or several of them."""
 
 
 def connect(ray_config: RayConfig, log_file: Path | None = None) -> None:
@@ -97,16 +119,84 @@ def run_jobs(jobs: list[TrainJob], ray_config: RayConfig, root: Path, experiment
     """
     storage = storage_root(ray_config, root)
     stores = [RunStore(run_location(storage, job)) for job in jobs]
-    pending = [job for job, store in zip(jobs, stores) if not store.finished()]
+    local = "://" not in storage
+    pending = [job for job, store in zip(jobs, stores) if not _reusable(job, store, experiment)]
     if len(pending) < len(jobs):
         say(f"{experiment}: {len(jobs) - len(pending)} of {len(jobs)} runs finished before: reused")
     if pending:
-        log_file = root / "runs" / "logs" / f"{experiment}.log"
-        connect(ray_config, log_file)
-        _fit(pending, ray_config, root, storage, experiment)
-    if "://" not in storage:
+        check_jobs(pending, root)
+        folders = [Path(storage) / run_name(job) for job in pending] if local else []
+        with locked_runs(folders):
+            for job, store in zip(jobs, stores):
+                if job in pending:
+                    _check_state(job, store, experiment, clean=local)
+            log_file = root / "runs" / "logs" / f"{experiment}.log"
+            connect(ray_config, log_file)
+            _fit(pending, ray_config, root, storage, experiment)
+    for job, store in zip(jobs, stores):
+        problem = store.outcome_problem(job.to_dict()) if job in pending else None
+        if problem is not None:  # a run that finished in this call, then failed to verify
+            raise RunFailedError(f"run {run_name(job)} finished but {problem}; run the stage again")
+    if local:
         prune_runs(Path(storage), keep={run_name(job) for job in jobs}, limit=KEEP_UNUSED_RUNS)
     return stores
+
+
+def _reusable(job: TrainJob, store: RunStore, experiment: str) -> bool:
+    """Whether ``job``'s run finished and its outcome verifies; a corrupt one is discarded."""
+    if not store.finished():
+        return False
+    problem = store.outcome_problem(job.to_dict())
+    if problem is None:
+        return True
+    say(f"{experiment}: run {run_name(job)} finished before but {problem}: discarded, training it again")
+    store.discard()
+    return False
+
+
+def _check_state(job: TrainJob, store: RunStore, experiment: str, clean: bool) -> None:
+    """Discard a checkpoint that cannot be resumed; delete interrupted writes (local runs, locked)."""
+    if clean:
+        store.remove_partials()
+    problem = store.state_problem(job.to_dict())
+    if problem is not None:
+        say(f"{experiment}: run {run_name(job)}: {problem}: discarded, training it from the start")
+        store.discard()
+
+
+@contextlib.contextmanager
+def tune_experiment(storage: str, experiment: str) -> Iterator[str]:
+    """The folder name of one Tune experiment of this process under ``storage``.
+
+    Tune's experiment folder (its state files, the trials' folders, a TorchTrainer's) is Tune's
+    own bookkeeping: nothing reads it once the fit returns, since each run's state lives in its
+    run folder. So each stage invocation gets a folder of its own, removed when the fit ends,
+    and a folder whose process died (a killed stage) is removed by the next invocation on this
+    host. Only local storage is cleaned.
+    """
+    host = socket.gethostname()
+    name = f".tune-{experiment}-{host}-{os.getpid()}"
+    local = "://" not in storage
+    if local:
+        for folder in Path(storage).glob(f".tune-*-{host}-*"):
+            pid = folder.name.rsplit("-", 1)[1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(folder, ignore_errors=True)
+    try:
+        yield name
+    finally:
+        if local:
+            shutil.rmtree(Path(storage) / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def prune_runs(storage: Path, keep: set[str], limit: int) -> list[str]:
@@ -122,6 +212,12 @@ def prune_runs(storage: Path, keep: set[str], limit: int) -> list[str]:
 
 
 def _fit(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str, experiment: str) -> None:
+    with tune_experiment(storage, experiment) as folder:
+        _tune(jobs, ray_config, root, storage, experiment, folder)
+
+
+def _tune(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str, experiment: str,
+          folder: str) -> None:
     import ray.tune
 
     gpu = use_gpu(ray_config)
@@ -134,7 +230,7 @@ def _fit(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str, 
                 "root": str(root.resolve()), "storage": storage, "use_gpu": gpu,
                 # Where each run lives is decided here, once: a trial that computed it again from
                 # code edited since the stage started would train into a folder the stage never reads.
-                "stores": {job.name: run_location(storage, job) for job in jobs},
+                "stores": {job.name: run_location(storage, job) for job in jobs}, "tune_folder": folder,
                 "checkpoint_interval_s": float(os.environ.get("CSADA_CHECKPOINT_INTERVAL_S", CHECKPOINT_INTERVAL_S))}
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(_trial, resources),
@@ -147,11 +243,16 @@ def _fit(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str, 
             trial_name_creator=lambda trial: trial.config["job"]["name"],
             trial_dirname_creator=lambda trial: trial.config["job"]["name"],
         ),
-        run_config=ray.tune.RunConfig(name=experiment, storage_path=storage, verbose=0,
+        run_config=ray.tune.RunConfig(name=settings["tune_folder"], storage_path=storage, verbose=0,
                                       callbacks=[trial_progress(jobs, experiment)],
                                       failure_config=ray.tune.FailureConfig(max_failures=MAX_FAILURES)),
     )
     results = tuner.fit()
+    refused = [result.metrics[USER_ERROR] for result in results
+               if result.error is None and USER_ERROR in (result.metrics or {})]
+    if refused:
+        more = f" (and {len(refused) - 1} more run(s) failed the same way)" if len(refused) > 1 else ""
+        raise RunFailedError(refused[0] + more)
     failed = [result for result in results if result.error is not None]
     if failed:
         raise RuntimeError(f"{len(failed)} of {len(results)} training runs failed; first: {failed[0].error}")
@@ -159,15 +260,30 @@ def _fit(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str, 
 
 def _trial(settings: dict[str, Any]) -> None:
     """One Tune trial: train its job here, or drive a TorchTrainer for a multi-worker run."""
+    import ray.tune
+
     job = TrainJob.from_dict(settings["job"])
     ray_config = RayConfig(**settings["ray"])
     config = {"job": settings["job"], "root": settings["root"], "store": settings["stores"][job.name],
               "cpus": ray_config.cpus_per_worker, "checkpoint_interval_s": settings["checkpoint_interval_s"]}
     if ray_config.num_workers == 1:
-        train_func({**config, "session": "tune"})
+        try:
+            train_func({**config, "session": "tune"})
+        except UserError as error:  # deterministic: a retry would fail the same way
+            ray.tune.report({USER_ERROR: str(error)})
     else:
-        _torch_trainer(job, {**config, "session": "train"}, ray_config, settings["storage"],
-                       settings["use_gpu"]).fit()
+        _torch_trainer(job, {**config, "session": "train"}, ray_config,
+                       storage_location(settings["storage"], settings["tune_folder"]), settings["use_gpu"]).fit()
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """A Ray Train worker: ``train_func``, with a user error handed back as a metric, not retried."""
+    import ray.train
+
+    try:
+        train_func(config)
+    except UserError as error:  # every rank meets it: the same data, settings and weights
+        ray.train.report({USER_ERROR: str(error)})
 
 
 def _torch_trainer(job: TrainJob, config: dict[str, Any], ray_config: RayConfig, storage: str, gpu: bool):
@@ -177,7 +293,7 @@ def _torch_trainer(job: TrainJob, config: dict[str, Any], ray_config: RayConfig,
 
     resources = {"CPU": ray_config.cpus_per_worker, **({"GPU": 1} if gpu else {})}
     return TorchTrainer(
-        train_func,
+        _train_worker,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=ray_config.num_workers, use_gpu=gpu,
                                      resources_per_worker=resources),

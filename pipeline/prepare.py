@@ -181,6 +181,10 @@ def make_manifest(name: str, raw_dir: str | os.PathLike[str], *, seed: int = 0,
     inventory = adapter.inventory(raw_dir, label_column)
     labels, classes = inventory.labels, inventory.classes
     parts = adapter.split(inventory, seed=seed, val_fraction=val_fraction, fractions=fractions)
+    absent = [split for split in SPLIT_NAMES if len(parts.get(split, ())) == 0]
+    if absent:
+        raise DatasetError(f"{name} data in {raw_dir} has no {' or '.join(absent)} samples; training needs all of "
+                           f"{', '.join(SPLIT_NAMES)} (a table's split column must name each of them)")
 
     ids = np.concatenate(list(parts.values()))
     splits = np.repeat(np.array(list(parts), dtype=object), [v.shape[0] for v in parts.values()])

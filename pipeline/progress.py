@@ -84,6 +84,9 @@ class _TrialProgress:
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = trial.config["job"]["name"]
         job = self.jobs[name]
+        if "user_error" in (trial.last_result or {}):  # pipeline.distributed.USER_ERROR
+            say(f"  {name}: failed, not retried (the stage ends with its error)")
+            return
         self.finished += 1
         self.bar.set_description_str(f"{self.stage}: {self.finished}/{len(self.jobs)} runs")
         seconds = time.monotonic() - self.started.get(trial.trial_id, time.monotonic())

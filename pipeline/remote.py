@@ -129,6 +129,13 @@ def _check_endpoint(endpoint_url: str) -> tuple[str, str]:
         )
     if parts.path.strip("/"):
         raise RemoteConfigError(f"endpoint URL {endpoint_url!r} must not have a path; expected http(s)://host[:port]")
+    try:
+        port = parts.port  # urlsplit checks the port only when asked
+    except ValueError:
+        port = -1
+    if port in (-1, 0) or not parts.hostname or (port is None and parts.netloc.endswith(":")):
+        raise RemoteConfigError(f"endpoint URL {endpoint_url!r} has no valid host and port; expected "
+                                "http(s)://host[:port] with a port from 1 to 65535")
     return parts.scheme, parts.netloc
 
 

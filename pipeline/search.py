@@ -42,6 +42,7 @@ from typing import Any
 
 from pipeline.codedeps import code_digest
 from pipeline.config import MethodConfig, RayConfig, SearchConfig
+from pipeline.distributed import tune_experiment
 from pipeline.errors import UserError
 from pipeline.jobs import TrainJob, run_name
 from pipeline.progress import say
@@ -234,19 +235,20 @@ def search_method(method: MethodConfig, base: TrainJob, *, floor: float, max_cos
                 "integers": sorted(k for k, d in space.items() if d.kind == "int")}
     trainable = ray.tune.with_parameters(_search_trial, base=base.to_dict(), settings=settings)
     resources = {"CPU": ray_config.cpus_per_worker, "GPU": 1 if gpu else 0}
-    tuner = ray.tune.Tuner(
-        ray.tune.with_resources(trainable, resources),
-        param_space=param_space,
-        tune_config=ray.tune.TuneConfig(
-            metric=SCORE, mode="min", search_alg=algorithm, num_samples=samples, time_budget_s=budget_s,
-            reuse_actors=True,  # the ConcurrencyLimiter caps concurrent trials
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=total_epochs,
-                                    grace_period=max(1, total_epochs // 4), reduction_factor=3),
-        ),
-        run_config=ray.tune.RunConfig(name=f"search-{base.name}", storage_path=storage, verbose=0,
-                                      callbacks=[_search_progress(method.name, samples)]),
-    )
-    results = tuner.fit()
+    with tune_experiment(storage, f"search-{base.name}") as folder:
+        tuner = ray.tune.Tuner(
+            ray.tune.with_resources(trainable, resources),
+            param_space=param_space,
+            tune_config=ray.tune.TuneConfig(
+                metric=SCORE, mode="min", search_alg=algorithm, num_samples=samples, time_budget_s=budget_s,
+                reuse_actors=True,  # the ConcurrencyLimiter caps concurrent trials
+                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=total_epochs,
+                                        grace_period=max(1, total_epochs // 4), reduction_factor=3),
+            ),
+            run_config=ray.tune.RunConfig(name=folder, storage_path=storage, verbose=0,
+                                          callbacks=[_search_progress(method.name, samples)]),
+        )
+        results = tuner.fit()
     records = []
     for number, result in enumerate(results):  # in the order the trials were made: the start first
         metrics = result.metrics or {}

@@ -2,26 +2,54 @@
 
 ``stages/<name>.py`` holds its stage's orchestration as ``main(config)`` and ends with
 ``run_stage("<name>", main)``: read params.yaml and the recipe once, validate them, run the stage,
-print the one line ``main`` returns (what the stage made, and how long it took), and turn a user
-error (bad params, missing data, a cost file for other classes, an unusable checkpoint) into a
-one-line message and exit status 2 instead of a traceback.
+print the one line ``main`` returns (what the stage made, and how long it took). Every failure a
+user can cause or fix ends as one line, ``error in stage <name>: ...``, and exit status 2:
+
+* a :class:`~pipeline.errors.UserError` (bad params, data, cost matrices or checkpoints, a run
+  that diverged or that another process trains);
+* a file that is missing, unreadable or unwritable (``OSError``: permissions, a full disk);
+* an interrupt (exit status 130).
+
+Anything else is a bug and keeps its traceback; ``CSADA_TRACEBACK=1`` shows the traceback of the
+one-line cases too. A stage started by ``dvc`` stops when that ``dvc`` dies (pipeline.lifeline).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
 
+from pipeline import lifeline
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
 
 
+def describe(error: BaseException) -> str | None:
+    """The one-line message of an expected failure, or None for a bug."""
+    if isinstance(error, UserError):
+        return str(error)
+    if isinstance(error, OSError):
+        where = f"{error.filename}: " if error.filename else ""
+        reason = error.strerror or str(error) or type(error).__name__
+        hint = " (check the file's permissions)" if isinstance(error, PermissionError) else ""
+        return f"{where}{reason}{hint}"
+    return None
+
+
 def run_stage(name: str, main: Callable[[Config], str], params: str = "params.yaml") -> None:
     started = time.perf_counter()
+    lifeline.watch(name)
     try:
         said = main(load_config(params))
-    except UserError as error:
-        print(f"error in stage {name}: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"stage {name}: interrupted; run it again to resume", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as error:
+        message = describe(error)
+        if message is None or os.environ.get("CSADA_TRACEBACK"):
+            raise
+        print(f"error in stage {name}: {message}", file=sys.stderr)
         raise SystemExit(2) from None
     print(f"{name}: {said} ({time.perf_counter() - started:.1f} s)", flush=True)

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 from pipeline.checkpoints import MODEL_FILE, RunStore, load_checkpoint, load_model_state
 from pipeline.costs import CostMatrix
 from pipeline.datasets import ArrayDataset
+from pipeline.errors import UserError
 from pipeline.jobs import TrainJob
 from pipeline.methods import MethodContext, TrainingMethod, build_method
 from pipeline.models import (
@@ -289,9 +290,29 @@ def run_epoch(run: Run, epoch: int, resumes: int) -> dict[str, float]:
     for prefix, loader in run.extra_loaders.items():
         metrics.update(validation_metrics(*predict_logits(run.plain, loader, device=run.session.device), run.cost,
                                           prefix=prefix))
-    if not all(math.isfinite(v) for v in metrics.values()):
-        raise FloatingPointError(f"{run.job.name}: non-finite metrics at epoch {epoch}: {metrics}")
+    check_diverged(run.job, metrics)
     return metrics
+
+
+class DivergedError(UserError):
+    """A run whose loss became non-finite or exploded: its weights are useless, training stops."""
+
+
+# A validation cross-entropy above this many nats is a diverged run, never a poor one: chance is
+# ln K (2.3 for 10 classes), and even a badly overfitted model stays within a few times that.
+DIVERGED_VAL_LOSS = 100.0
+
+
+def check_diverged(job: TrainJob, metrics: dict[str, float]) -> None:
+    """Raise :class:`DivergedError` when an epoch's metrics are non-finite or its validation loss
+    exceeds :data:`DIVERGED_VAL_LOSS`."""
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    loss = metrics.get("val_loss", 0.0)
+    if bad or loss > DIVERGED_VAL_LOSS:
+        what = f"{', '.join(bad)} not finite" if bad else f"validation loss {loss:.3g} > {DIVERGED_VAL_LOSS:g}"
+        key = "baseline.lr" if job.method == "erm" else f"finetune.{job.method}.lr"
+        raise DivergedError(f"run {job.name} diverged at epoch {int(metrics['epoch']) + 1} ({what}) with "
+                            f"{job.optim.get('optimizer')} lr {job.optim.get('lr'):g}; lower the learning rate ({key})")
 
 
 def checkpoint_state(run: Run, progress: Progress) -> dict[str, Any]:

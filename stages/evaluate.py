@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.calibration import fit_temperature
 from pipeline.checkpoints import HISTORY_FILE
-from pipeline.config import Config
+from pipeline.config import RECIPE_DIR, Config, ConfigError
 from pipeline.costs import CostMatrix
 from pipeline.datasets import ClassificationData
 from pipeline.distributed import on_gpu_worker
@@ -107,10 +107,14 @@ def draw_figures(results: Path, cost: CostMatrix) -> None:
 
 def main(config: Config) -> str:
     root = Path.cwd()
+    cost = CostMatrix.load(config.paths.cost)
+    pairs = cost.num_classes * (cost.num_classes - 1)
+    if config.top_k > pairs:  # checked before any model is scored
+        raise ConfigError(f"{RECIPE_DIR}/{config.dataset}.yaml: evaluate.top_k = {config.top_k} is invalid; "
+                          f"the {cost.num_classes} classes have {pairs} ordered pairs: at most that many")
     predictions, validation = on_gpu_worker(
         config.ray.address, config.ray.use_gpu, root / "runs" / "logs" / "evaluate.log", predict,
         root / config.paths.baseline, root / config.paths.finetune, root / config.paths.cost)
-    cost = CostMatrix.load(config.paths.cost)
     write_evaluation(predictions, cost, config.paths.evaluation, top_k=config.top_k, validation=validation)
     draw_figures(config.paths.evaluation, cost)
     return f"{len(predictions)} models on {len(predictions[0].labels)} test samples -> {config.paths.evaluation}"

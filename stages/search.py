@@ -21,6 +21,7 @@ from pipeline.distributed import connect, storage_location, storage_root, use_gp
 from pipeline.evaluation import json_text, write_csv
 from pipeline.fileio import atomic_write_text, fresh_dir, replace_dir
 from pipeline.plan import baseline_job, finetune_inputs_digest, finetune_job
+from pipeline.preflight import check_jobs
 from pipeline.progress import say
 from pipeline.search import (
     SearchError,
@@ -97,11 +98,16 @@ def main(config: Config) -> str:
                                 name=f"{config.dataset}-{method.name}-search",
                                 seed=config.seed * 1000 + SEARCH_SEED_OFFSET, replication=None, digest=digest)
             cached = f"{base.name}-{search_key(base, search_space(method), config.search, floor, max_cost, config.seed)}.json"
-            saved = cache.read_json(cached)
+            try:
+                saved = cache.read_json(cached)
+            except ValueError:  # a damaged record (an interrupted copy, a disk error): search again
+                say(f"search {method.name}: the record of the same search is damaged: discarded, searching again")
+                saved = None
             if saved is not None:
                 records = records_from_json(saved)
                 say(f"search {method.name}: the same search ran before: reused")
             else:
+                check_jobs([base], root)  # a setting every trial would fail on fails here, once
                 connect(config.ray, root / "runs" / "logs" / "search.log")
                 records = search_method(method, base, floor=floor, max_cost=max_cost, search=config.search,
                                         budget_s=share, ray_config=config.ray, gpu=use_gpu(config.ray), root=root,

@@ -236,3 +236,15 @@ def test_target_equal_to_the_true_class_is_refused():
             linear_model(**REACHES_TARGET), torch.zeros(2, 2), torch.tensor([0, 1]), torch.tensor([1, 1]),
             eps=1.0, steps=3, step_size=0.1,
         )
+
+
+@pytest.mark.parametrize(("y", "target", "message"), [
+    (torch.tensor([0, 1]), 5, r"target of sample 0 is 5; the model has 3 classes: valid indices are 0 to 2"),
+    (torch.tensor([0, 7]), torch.tensor([1, 0]), r"y of sample 1 is 7; the model has 3 classes"),
+    (torch.tensor([0.0, 1.5]), torch.tensor([1, 0]), r"y must hold class indices; sample 1 has 1.5"),
+    (torch.tensor([0, 1]), torch.tensor([1.0, 0.25]), r"target must hold class indices; sample 1 has 0.25"),
+])
+def test_labels_outside_the_model_or_fractional_are_refused_not_counted_as_skipped(y, target, message):
+    # Before, such labels made every sample count as skipped (or were truncated) without a word.
+    with pytest.raises(ValueError, match=message):
+        targeted_attack(linear_model(**REACHES_TARGET), torch.zeros(2, 2), y, target, eps=1.0, steps=3, step_size=0.1)

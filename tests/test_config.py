@@ -39,11 +39,11 @@ def test_the_repository_params_are_valid_for_every_dataset():
         config = load(params(dataset=dataset))
         assert config.dataset == dataset
         assert [m.name for m in config.methods] == ["csada", "ap", "sosr", "penalty", "soft_labels", "logit_adjusted"]
-    images = load(params(dataset="images", data__source="images.npz"))
+    images = load(params(dataset="images", data__source="sources/images.npz"))
     assert images.model == "small_cnn" and images.model_options == {"hidden": 128, "pool": 7}
-    table = load(params(dataset="table", data__source="table.csv"))
+    table = load(params(dataset="table", data__source="sources/table.csv"))
     assert [m.name for m in table.methods][-2:] == ["soft_labels", "logit_adjusted"]
-    pmi = load(params(dataset="pmi", data__source="archive.zip"))
+    pmi = load(params(dataset="pmi", data__source="sources/archive.zip"))
     assert pmi.costs.kind == "expert" and pmi.pretrained and pmi.baseline.head_only_epochs == 10
 
 
@@ -70,7 +70,7 @@ def test_recipe_settings_that_moved_out_of_params_are_validated_there():
         load(params(), recipe={**DIGITS, "evaluate": {"top_k": 0}})
     with pytest.raises(ConfigError, match=r"recipes/digits.yaml:costs.pareto.shape = 0 is invalid"):
         load(params(), recipe={**DIGITS, "costs": {"kind": "pareto", "pareto": {"shape": 0}}})
-    pmi = load(params(dataset="pmi", data__source="archive.zip"))
+    pmi = load(params(dataset="pmi", data__source="sources/archive.zip"))
     assert pmi.costs.kind == "expert" and len(pmi.costs.expert["pairs"]) == 4
 
 
@@ -109,6 +109,16 @@ def test_toy_uses_its_critical_pair():
         (dict(costs__kind="single_pair"), r"costs.kind = 'single_pair' needs costs.pair: \[true class, predicted class\]"),
         (dict(costs__pair=["a"]), r"costs.pair = \['a'\] is invalid; expected \[true class, predicted class\]"),
         (dict(costs__kind="file"), r"needs costs.file"),
+        # A user's file lies in its folder, which its stage depends on (tests/test_stage_deps.py).
+        (dict(costs__kind="file", costs__file="../c.yaml"),
+         r"costs.file = '../c.yaml' is outside costs/, where DVC watches it .*dvc import-url ../c.yaml costs/c.yaml"),
+        (dict(costs__kind="file", costs__file="costs/../c.csv"), r"costs.file = 'costs/../c.csv' is outside costs/"),
+        (dict(costs__kind="file", costs__file=3), r"costs.file = 3 is invalid; expected a path"),
+        (dict(dataset="images", data__source="/data/pills.npz"),
+         r"data.source = '/data/pills.npz' is outside sources/.* set data.source=sources/pills.npz"),
+        (dict(ray__storage_path=""), r"ray.storage_path = '' is invalid; expected a folder"),
+        (dict(ray__storage_path="."), r"ray.storage_path = '.' is invalid; it is the project folder itself"),
+        (dict(ray__max_concurrent_trials=0), r"ray.max_concurrent_trials = 0 is invalid"),
         (dict(costs__seed=-2), r"costs.seed = -2 is invalid"),
         (dict(data__root="elsewhere"), r"unknown key data.root"),
         (dict(dataset="table"), r"dataset = 'table' needs data.source"),

@@ -1,11 +1,12 @@
 import math
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.costfiles import CSV_CORNER
-from pipeline.costs import CostMatrix, CostMatrixError
+from pipeline.costs import MAX_COST, CostMatrix, CostMatrixError
 
 ABC = ["a", "b", "c"]
 # Asymmetric on purpose: c(a, c) = 4 but c(c, a) = 5.
@@ -144,6 +145,22 @@ def test_csv_hand_written_with_spaces_and_blank_line(tmp_path, cm):
     path = tmp_path / "c.csv"
     path.write_text("y\\z, a, b, c\na, 0, 1, 4\nb, 2, 0, 1\n\nc, 5, 3, 0\n")
     assert CostMatrix.from_csv(path) == cm
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("t;a;b\na;0;1\nb;1;0\n", "its header is split by ';'; cost CSVs are comma-separated"),
+    ("t\ta\tb\na\t0\t1\nb\t1\t0\n", "its header is split by '\\t'"),
+])
+def test_a_csv_with_another_delimiter_is_named_as_such(tmp_path, text, says):
+    path = tmp_path / "c.csv"
+    path.write_text(text)
+    with pytest.raises(CostMatrixError, match=re.escape(f"{path}: {says}")):
+        CostMatrix.load(path)
+
+
+def test_a_missing_cost_file_is_named(tmp_path):
+    with pytest.raises(CostMatrixError, match=re.escape(f"cost file {tmp_path / 'gone.csv'} not found")):
+        CostMatrix.load(tmp_path / "gone.csv")
 
 
 def test_yaml_shape_and_integer_names(tmp_path):
@@ -311,9 +328,16 @@ def test_pair_weights_hand_examples():
 
 
 def test_pair_weights_zero_costs_stay_zero_and_no_overflow():
-    cm = CostMatrix(ABC, [[0, 1e120, 0], [1, 0, 0], [0, 0, 0]])
+    cm = CostMatrix(ABC, [[0, MAX_COST, 0], [1e-3, 0, 0], [0, 0, 0]])
     w = cm.pair_weights(5)
     assert np.isfinite(w).all() and w[0, 1] == pytest.approx(1.0) and w[0, 2] == 0.0
+
+
+@pytest.mark.parametrize("cost", [1e13, 1e308])
+def test_costs_too_large_for_float_sums_are_refused_with_the_cell(cost):
+    # 1e308 would pass as finite, then overflow every WER sum and the methods' float32 weights.
+    with pytest.raises(CostMatrixError, match=r"c\('a', 'b'\) at \[0, 1\] = .*: costs must be at most 1e\+12"):
+        CostMatrix(ABC, [[0, cost, 0], [1, 0, 0], [0, 0, 0]])
 
 
 @pytest.mark.parametrize("tau", [0, -1, math.nan, math.inf, True])

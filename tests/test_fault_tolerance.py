@@ -26,7 +26,7 @@ from pipeline.checkpoints import (
     load_checkpoint,
 )
 from pipeline.config import RayConfig, SearchConfig, load_config
-from pipeline.distributed import run_jobs, run_location, storage_root
+from pipeline.distributed import RunFailedError, run_jobs, run_location, storage_root
 from pipeline.jobs import TrainJob
 from pipeline.optim import OptimConfig
 from pipeline.train import train_func
@@ -123,6 +123,20 @@ def test_a_two_worker_run_trains_with_ddp_into_the_same_run_folder(tmp_path, ray
     run_dir = Path(store.location)
     assert [row["epoch"] for row in _history(run_dir)] == [0, 1]
     assert load_checkpoint(run_dir / OUTCOME_DIR / "model.pt")["job"] == job.to_dict()
+
+
+def test_a_run_that_diverges_is_not_retried_and_fails_with_one_line(tmp_path, ray_cluster):
+    # A user error inside a trial (here: divergence at lr 1e10) fails the same way on every retry,
+    # so the trial hands its message back instead of raising: Ray records no error, retries nothing.
+    diverging = dataclasses.replace(_toy_job(tmp_path, epochs=3), name="toy-diverge", optim=dataclasses.asdict(
+        OptimConfig(epochs=3, optimizer="sgd", lr=1e10, batch_size=8)))
+    for workers, cpus in ((1, 1.0), (2, 0.5)):  # a trial training itself, and a DDP TorchTrainer
+        ray_config = RayConfig(address=ray_cluster, num_workers=workers, cpus_per_worker=cpus, use_gpu=False,
+                               storage_path="runs")
+        with pytest.raises(RunFailedError, match=r"^run toy-diverge diverged at epoch 1 \(.*\) with sgd lr 1e\+10; "
+                                                 r"lower the learning rate \(finetune.ap.lr\)$"):
+            run_jobs([diverging], ray_config, tmp_path, experiment=f"diverge-{workers}")
+        assert not RunStore(run_location(storage_root(ray_config, tmp_path), diverging)).finished()
 
 
 def test_a_stage_killed_outright_resumes_unfinished_runs_and_skips_finished_ones(tmp_path, ray_cluster, monkeypatch):

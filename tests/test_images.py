@@ -1,5 +1,6 @@
-"""Tests for pipeline/datasets/images.py: a user's images as an .npz or an ImageFolder tree,
-through fetch -> manifest -> load, with every source problem failing in fetch, by name."""
+"""Tests for pipeline/datasets/images.py and image_folders.py: a user's images as an .npz or an
+ImageFolder tree, through fetch -> manifest -> load, with every source problem failing in fetch,
+by name."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pipeline.datasets import (
     ArrayDataset,
     DatasetError,
     DatasetMissingError,
+    image_folders,
     images,
 )
 from pipeline.models import build_model
@@ -256,10 +258,10 @@ def test_mixed_sizes_and_modes_take_the_most_common_shape(tmp_path: Path) -> Non
 def test_choose_geometry_ties_cap_and_channels() -> None:
     gray = np.array([True, False, False])
     # Equal counts: the larger area wins, then the taller; 2 of 3 in colour -> RGB.
-    assert images.choose_geometry(np.array([[10, 20], [20, 10], [5, 5]]), gray) == (20, 10, 3)
+    assert image_folders.choose_geometry(np.array([[10, 20], [20, 10], [5, 5]]), gray) == (20, 10, 3)
     # The long side is capped at 224, keeping the aspect ratio.
-    assert images.choose_geometry(np.array([[300, 150]] * 2 + [[10, 10]]), ~gray) == (224, 112, 1)
-    assert images.choose_geometry(np.array([[4, 6], [4, 6]]), np.array([True, False])) == (4, 6, 3)
+    assert image_folders.choose_geometry(np.array([[300, 150]] * 2 + [[10, 10]]), ~gray) == (224, 112, 1)
+    assert image_folders.choose_geometry(np.array([[4, 6], [4, 6]]), np.array([True, False])) == (4, 6, 3)
 
 
 # ---------------------------------------------------------------- errors
@@ -406,7 +408,7 @@ def test_folder_problems_fail_in_fetch_naming_the_problem(tmp_path: Path, case: 
 def test_an_image_that_breaks_after_fetch_fails_at_load_by_name(tmp_path: Path) -> None:
     (tmp_path / "gone.png").write_bytes(b"GIF89a and then nothing")
     with pytest.raises(DatasetError, match=r"cannot read image .*gone.png \(cannot identify"):
-        images.decode_image(tmp_path / "gone.png", 4, 4, 3)
+        image_folders.decode_image(tmp_path / "gone.png", 4, 4, 3)
 
 
 # ---------------------------------------------------------------- recipe and model
@@ -416,7 +418,7 @@ def test_recipe_loads_and_its_model_builds_for_the_data(tmp_path: Path) -> None:
     assert "images" in DATASETS and DATASETS["images"].needs_source
     params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
     params["dataset"] = "images"
-    params.setdefault("data", {})["source"] = "my_images.npz"
+    params.setdefault("data", {})["source"] = "sources/my_images.npz"
     # The methods this recipe has sections for (params.yaml may list more as methods are added).
     params.setdefault("finetune", {})["methods"] = ["csada", "ap", "sosr", "penalty"]
     config = load_config(params, recipe_dir=REPO / "recipes", available_cpus=2)

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -131,3 +132,33 @@ def test_retraining_from_scratch_gives_the_committed_model(repo):
     run(["dvc", "repro", "-f", "-s", "baseline"], work, env)
     assert run(["git", "diff", "--stat", "dvc.lock"], work, env).stdout == ""
     assert "up to date" in run(["dvc", "status", "dvc.yaml"], work, env).stdout
+
+
+def test_an_edited_cost_file_reruns_the_costs_stage_and_a_file_elsewhere_is_refused(repo):
+    work, env = repo
+    run(["git", "checkout", "-q", "-f", "HEAD"], work, env)
+    run(["dvc", "checkout", "-q", "--force", "dvc.yaml"], work, env)
+    classes = [str(c) for c in range(10)]
+    rows = [",".join(["true\\predicted", *classes])] + [
+        ",".join([a, *("0" if a == b else "1" for b in classes)]) for a in classes]
+    (work / "costs" / "mine.csv").write_text("\n".join(rows) + "\n")
+    params = yaml.safe_load((work / "params.yaml").read_text())
+    params["costs"].update(kind="file", file="costs/mine.csv")
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro", "costs"], work, env)
+    assert "up to date" in run(["dvc", "status", "costs"], work, env).stdout
+    rows[1] = rows[1].replace(",1", ",2", 1)  # one cost edited: c(0, 1) = 2
+    (work / "costs" / "mine.csv").write_text("\n".join(rows) + "\n")
+    status = run(["dvc", "status", "costs"], work, env).stdout
+    assert "changed deps" in status and "modified:           costs" in status  # DVC sees the edit
+    run(["dvc", "repro", "costs"], work, env)
+    assert "2.0" in (work / "data/costs/digits.csv").read_text()  # ... and the matrix follows it
+
+    params["costs"]["file"] = "../mine.csv"  # outside the project: DVC would not see it change
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    refused = subprocess.run(["dvc", "repro", "costs"], cwd=work, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "error in stage costs: params.yaml: costs.file = '../mine.csv' is outside costs/" in refused.stderr
+    (work / "costs" / "mine.csv").unlink()
+    run(["git", "checkout", "-q", "-f", "HEAD"], work, env)
+    run(["dvc", "checkout", "-q", "--force", "dvc.yaml"], work, env)

@@ -146,6 +146,9 @@ def test_ray_storage_uri_puts_the_endpoint_in_pyarrows_query():
         ("s3://bucket/x", "127.0.0.1:9000", "http://host[:port]"),
         ("s3://bucket/x", "http://user:s3cr3t@127.0.0.1:9000", "credentials"),
         ("s3://bucket/x", "http://127.0.0.1:9000/bucket", "path"),
+        ("s3://bucket/x", "http://minio:notaport", "no valid host and port"),
+        ("s3://bucket/x", "http://minio:0", "a port from 1 to 65535"),
+        ("s3://bucket/x", "http://:9000", "no valid host and port"),
     ],
 )
 def test_bad_urls_are_refused_without_echoing_secrets(url, endpoint, says):

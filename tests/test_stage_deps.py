@@ -30,7 +30,7 @@ from pipeline.codedeps import (
     stage_files,
     stage_manifest,
 )
-from pipeline.config import EXECUTION_ONLY, PARAM_SOURCES, RECIPE_DIR
+from pipeline.config import EXECUTION_ONLY, PARAM_SOURCES, RECIPE_DIR, USER_FILE_FOLDERS
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_FILE = f"{RECIPE_DIR}/${{dataset}}.yaml"
@@ -174,6 +174,24 @@ def test_stage_lists_exactly_the_params_it_reads(pipeline, stage):
     uses_recipe = "recipe" in reads(script, pipeline.params)
     assert (pipeline.up + RECIPE_FILE in pipeline.stages[stage]["deps"]) == uses_recipe, (
         f"{pipeline.name} stage {stage!r} {'reads' if uses_recipe else 'does not read'} {RECIPE_FILE}")
+
+
+# The stage that reads the contents of the file each such param names (others may read its name).
+USER_FILE_READERS = {"data.source": "fetch", "costs.file": "costs"}
+
+
+@pytest.mark.parametrize("pipeline", [MAIN, PAPER], ids=["root", "paper"])
+def test_the_stage_reading_a_user_file_depends_on_its_folder(pipeline):
+    # A param naming a user's file (costs.file, data.source) makes its folder a dependency of the
+    # stage that reads the file: an edit to the file re-runs it. The config refuses files elsewhere.
+    assert set(USER_FILE_READERS) == set(USER_FILE_FOLDERS)
+    for key, folder in USER_FILE_FOLDERS.items():
+        reader = USER_FILE_READERS[key]
+        assert key in params_read(reader, pipeline.params)
+        listing = sorted(stage for stage in pipeline.stages if folder in pipeline.stages[stage].get("deps", []))
+        assert listing == [reader], f"{pipeline.name}: {folder} is a dependency of {listing}, expected [{reader!r}]"
+        # The folder ships with the project (a README in it), so the dependency always exists.
+        assert (REPO / ("paper" if pipeline.up else "") / folder).is_dir()
 
 
 def test_the_import_walk_finds_indirect_and_relative_imports():

@@ -7,6 +7,7 @@ report then run on them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 import yaml
 
 from pipeline.checkpoints import RunStore
-from pipeline.config import load_config
+from pipeline.config import ConfigError, load_config
 from pipeline.costs import CostMatrix
 from pipeline.jobs import run_name
 from pipeline.prepare import load_prepared
@@ -68,6 +69,15 @@ def test_evaluation_scores_every_model_on_the_test_split(toy_project, monkeypatc
         assert run.logits.shape == (len(test_x), 3)
     baseline_model = evaluate.trained_model(config.paths.baseline, data, cost.as_tensor())
     torch.testing.assert_close(predictions[0].logits, baseline_model.eval()(test_x))
+
+
+def test_a_top_k_beyond_the_pairs_is_refused_before_any_model_is_scored(toy_project, monkeypatch):
+    config, root = toy_project
+    monkeypatch.chdir(root)
+    monkeypatch.setattr(evaluate, "on_gpu_worker", lambda *args: pytest.fail("scored models before checking"))
+    with pytest.raises(ConfigError, match=r"recipes/toy.yaml: evaluate.top_k = 1000 is invalid; the 3 classes "
+                                          r"have 6 ordered pairs: at most that many"):
+        evaluate.main(dataclasses.replace(config, top_k=1000))
 
 
 def test_evaluate_and_report_write_their_outputs(toy_project, monkeypatch, capsys):

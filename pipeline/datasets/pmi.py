@@ -51,7 +51,7 @@ from .common import (
     check_split_fractions_named,
     stratified_split,
 )
-from .images import (
+from .image_folders import (
     channel_stats,
     image_folder_root,
     link_or_copy,
@@ -115,7 +115,7 @@ def scan_pmi(root: str | os.PathLike[str]) -> tuple[list[str], list[tuple[str, i
     """Sorted class folder names under ``root`` and ``(path, class index)`` of every image.
 
     Images are found at any depth below their class folder, sorted by path within a class
-    (:func:`~pipeline.datasets.images.scan_image_folder`).
+    (:func:`~pipeline.datasets.image_folders.scan_image_folder`).
     """
     root = Path(root)
     if not root.is_dir():

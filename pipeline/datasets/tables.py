@@ -50,7 +50,7 @@ def load_table(path: str | os.PathLike[str], label_column: str,
     frame = read_table(path)
     classes, y = table_labels(frame, label_column, path)
     features = _feature_columns(frame, label_column, feature_columns, split_column, path)
-    x_raw = _numeric_features(frame, features)
+    x_raw = _numeric_features(frame, features, path)
     if indices is not None:
         parts = check_indices(indices, len(frame), f"table {path}")
     else:
@@ -119,20 +119,20 @@ def _feature_columns(frame: Any, label_column: str, feature_columns: Sequence[st
     return features
 
 
-def _numeric_features(frame: Any, features: list[str]) -> np.ndarray:
+def _numeric_features(frame: Any, features: list[str], path: Any) -> np.ndarray:
     import pandas as pd
 
     non_numeric = [f"{c!r} ({frame[c].dtype})" for c in features
                    if not pd.api.types.is_numeric_dtype(frame[c])]
     if non_numeric:
-        raise DatasetError(f"feature column(s) {', '.join(non_numeric)} are not numeric; "
-                           f"encode them as numbers or leave them out of feature_columns")
+        raise DatasetError(f"{path}: feature column(s) {', '.join(non_numeric)} are not numeric; encode them as numbers "
+                           "or remove them from the table (every column but the label and split columns is a feature)")
     x = frame[features].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(x)
     if bad.any():
         counts = bad.sum(axis=0)
         listed = ", ".join(f"{features[i]!r} in {int(counts[i])} row(s)" for i in np.flatnonzero(counts))
-        raise DatasetError(f"features contain NaN or infinite values: {listed}; "
+        raise DatasetError(f"{path}: features contain NaN or infinite values: {listed}; "
                            f"drop or impute those rows first")
     return x
 
