@@ -28,8 +28,9 @@ from pipeline.costs import CostMatrix
 from pipeline.datasets.common import DatasetError
 from pipeline.jobs import TrainJob
 from pipeline.methods import MethodContext, build_method
-from pipeline.models import build_model
+from pipeline.models import ModelConfigError, build_model
 from pipeline.prepare import load_prepared
+from pipeline.validation import RECIPE_DIR
 
 
 def check_jobs(jobs: list[TrainJob], root: Path) -> None:
@@ -72,8 +73,12 @@ def _build(job: TrainJob, root: Path, data: Any, cost: torch.Tensor | None) -> N
     # warns that the copy is a no-op, which is the point here.
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        model = build_model(job.model, num_classes=data.num_classes, input_shape=data.input_shape,
-                            pretrained=False, **job.model_options)
+        try:
+            model = build_model(job.model, num_classes=data.num_classes, input_shape=data.input_shape,
+                                pretrained=False, **job.model_options)
+        except ModelConfigError as error:  # the options come from the data set's recipe
+            raise ModelConfigError(f"{RECIPE_DIR}/{job.dataset}.yaml: model_options {dict(job.model_options)}: "
+                                   f"{error}") from None
         if job.init_checkpoint is not None:
             load_model_state(model, load_checkpoint(job.path(root, "init_checkpoint")), job.init_checkpoint)
         method = build_method(job.method, job.method_options,

@@ -174,7 +174,8 @@ def test_a_checkpoint_saved_for_another_job_is_not_resumed(project, tmp_path):
 
 def test_model_options_are_checked_before_training(project):
     root, _ = project
-    with pytest.raises(ModelConfigError, match=r"unknown option\(s\) \['bogus'\] for model 'mlp'"):
+    with pytest.raises(ModelConfigError, match=r"^recipes/toy.yaml: model_options \{'bogus': 3\}: unknown option\(s\) "
+                                               r"\['bogus'\] for model 'mlp'"):
         check_jobs([toy_job(project, model_options={"bogus": 3})], root)
     check_jobs([toy_job(project)], root)  # the good job passes
 
