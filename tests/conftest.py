@@ -56,8 +56,11 @@ def ray_cluster(tmp_path_factory):
 
 
 def _stop_processes_mentioning(marker: str, grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL, the processes whose command line contains ``marker``."""
-    def matching() -> list[int]:
+    """SIGTERM, then SIGKILL, the processes whose command line contains ``marker``, and every
+    process below them (Ray's agents rename themselves, so only their ancestry says whose they are)."""
+    from pipeline.lifeline import descendants
+
+    def mentioning() -> list[int]:
         found = []
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and int(entry.name) != os.getpid():
@@ -67,6 +70,11 @@ def _stop_processes_mentioning(marker: str, grace: float = 5.0) -> None:
                 except OSError:
                     pass
         return found
+
+    below = {child for pid in mentioning() for child in descendants(pid)}  # found before their parents die
+
+    def matching() -> list[int]:
+        return sorted(set(mentioning()) | {pid for pid in below if Path(f"/proc/{pid}").exists()})
 
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
         for pid in matching():
