@@ -120,23 +120,21 @@ def run_jobs(jobs: list[TrainJob], ray_config: RayConfig, root: Path, experiment
     storage = storage_root(ray_config, root)
     stores = [RunStore(run_location(storage, job)) for job in jobs]
     local = "://" not in storage
-    pending = [job for job, store in zip(jobs, stores) if not _reusable(job, store, experiment)]
+    pending = [(job, store) for job, store in zip(jobs, stores) if not _reusable(job, store, experiment)]
     if len(pending) < len(jobs):
         say(f"{experiment}: {len(jobs) - len(pending)} of {len(jobs)} runs finished before: reused")
     if pending:
-        check_jobs(pending, root)
-        folders = [Path(storage) / run_name(job) for job in pending] if local else []
-        with locked_runs(folders):
-            for job, store in zip(jobs, stores):
-                if job in pending:
-                    _check_state(job, store, experiment, clean=local)
-            log_file = root / "runs" / "logs" / f"{experiment}.log"
-            connect(ray_config, log_file)
-            _fit(pending, ray_config, root, storage, experiment)
-    for job, store in zip(jobs, stores):
-        problem = store.outcome_problem(job.to_dict()) if job in pending else None
-        if problem is not None:  # a run that finished in this call, then failed to verify
-            raise RunFailedError(f"run {run_name(job)} finished but {problem}; run the stage again")
+        to_train = [job for job, _ in pending]
+        check_jobs(to_train, root)
+        with locked_runs([Path(storage) / run_name(job) for job in to_train] if local else []):
+            for job, store in pending:
+                _check_state(job, store, experiment, clean=local)
+            connect(ray_config, root / "runs" / "logs" / f"{experiment}.log")
+            _fit(to_train, ray_config, root, storage, experiment)
+        # Each outcome is checked against its checksum where it is used (RunStore.copy_outcome).
+        unfinished = [run_name(job) for job, store in pending if not store.finished()]
+        if unfinished:
+            raise RunFailedError(f"run {unfinished[0]} ended without an outcome; run the stage again")
     if local:
         prune_runs(Path(storage), keep={run_name(job) for job in jobs}, limit=KEEP_UNUSED_RUNS)
     return stores
