@@ -30,6 +30,7 @@ from pipeline.distributed import connect, run_jobs  # noqa: E402
 from pipeline.jobs import TrainJob  # noqa: E402
 from pipeline.optim import OptimConfig  # noqa: E402
 from pipeline.train import train_func  # noqa: E402
+from pipeline.costfiles import save_costs
 
 
 def toy_project(root: Path) -> dict[str, str]:
@@ -38,7 +39,7 @@ def toy_project(root: Path) -> dict[str, str]:
 
     fetch_dataset("toy", root / "raw" / "toy", seed=0)
     write_manifest(make_manifest("toy", root / "raw" / "toy", seed=0), root / "toy.parquet")
-    CostMatrix.single_pair(["red", "green", "blue"], "green", "blue").save(root / "cost.csv")
+    save_costs(CostMatrix.single_pair(["red", "green", "blue"], "green", "blue"), root / "cost.csv")
     return {"raw_dir": "raw/toy", "manifest": "toy.parquet", "cost_csv": "cost.csv"}
 
 

@@ -1,9 +1,15 @@
 """Which modules of this package a piece of code runs: its import graph, walked statically.
 
-Two users, one walk: a training run's identity hashes the source of every module its training
-code imports (:func:`pipeline.jobs.code_digest`), and the tests check that each DVC stage lists
-exactly the modules its script imports. Imports inside functions count (a lazy import still
-runs); relative imports are resolved against the importing module's package.
+Two users, one walk: a training run's identity hashes the code of every module its training
+code imports (:func:`code_digest`), and the tests check that each DVC stage lists exactly the
+modules its script imports. Imports inside functions count (a lazy import still runs); relative
+imports are resolved against the importing module's package.
+
+The run key hashes what the code *does*, not where it lives: each module's top-level statements
+as syntax trees, with import statements, docstrings, ``__all__`` and comments left out, pooled
+over all the modules as a sorted multiset. Moving or renaming a module, splitting one into two
+by whole functions or classes, editing a comment or a docstring: none of these changes a key,
+so none retrains a run. Any change to a statement that runs does.
 """
 
 from __future__ import annotations
@@ -85,19 +91,52 @@ def _file_imports(path: Path, mtime_ns: int, root: Path) -> frozenset[str]:
                                       path.name == "__init__.py", root))
 
 
-def source_digest(paths: Iterable[Path], root: Path = ROOT) -> str:
-    """sha256 over the relative names and contents of ``paths`` (order-independent)."""
-    digest = hashlib.sha256()
-    for path in sorted(paths):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+class _WithoutImportsAndDocs(ast.NodeTransformer):
+    """Drops what a move or a rewording changes but what the code does not: import statements
+    (at any depth: a lazy import names a module path) and docstrings."""
+
+    def visit_Import(self, node: ast.Import) -> None:
+        return None
+
+    def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        return None
+
+    def _body_without_docstring(self, node: ast.AST) -> ast.AST:
+        body = node.body  # type: ignore[attr-defined]
+        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:]  # type: ignore[attr-defined]
+        return self.generic_visit(node)
+
+    visit_Module = visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = _body_without_docstring
+
+
+def _is_export_list(node: ast.stmt) -> bool:
+    targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+    return isinstance(node, (ast.Assign, ast.AnnAssign)) and any(
+        isinstance(t, ast.Name) and t.id == "__all__" for t in targets)
 
 
 @lru_cache(maxsize=None)
-def code_digest(module: str) -> str:
-    """Digest of the source of ``module`` and everything it imports from this package."""
-    return source_digest(reachable_files({module}))
+def _statement_digests(path: Path, mtime_ns: int) -> tuple[str, ...]:
+    """sha256 of each top-level statement of one file, as a syntax tree without imports and
+    docstrings (cached per version of the file)."""
+    del mtime_ns  # part of the cache key
+    tree = _WithoutImportsAndDocs().visit(ast.parse(path.read_text()))
+    return tuple(hashlib.sha256(ast.dump(node).encode()).hexdigest()
+                 for node in tree.body if not _is_export_list(node))
+
+
+def source_digest(paths: Iterable[Path]) -> str:
+    """sha256 over the statements of ``paths`` as a sorted multiset: independent of the files'
+    names, of their order and of which file holds which function (module doc)."""
+    statements = sorted(d for path in set(paths) for d in _statement_digests(path, path.stat().st_mtime_ns))
+    return hashlib.sha256("\n".join(statements).encode()).hexdigest()[:16]
+
+
+def code_digest(module: str, root: Path = ROOT) -> str:
+    """Digest of the code of ``module`` and of everything it imports from this package."""
+    return source_digest(reachable_files({module}, root))
 
 
 def stage_files(script: Path, root: Path = ROOT) -> list[Path]:

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.costs import COST_KINDS
+from pipeline.costfiles import COST_KINDS
 from pipeline.datasets import DATASETS
 from pipeline.methods import FINETUNE_METHODS, METHODS
 from pipeline.models import MODELS

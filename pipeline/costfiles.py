@@ -1,11 +1,13 @@
-"""Cost matrices on disk: CSV, YAML and JSON, read strictly and written atomically.
+"""Cost matrices on disk: CSV, YAML and JSON, read strictly and written atomically; and the
+matrix params.yaml's ``costs`` section asks for (:func:`build_cost_matrix`).
 
 * CSV: the first row is a corner cell (written as ``true\\predicted``, any text accepted on
   read) followed by the class names; each following row is a true-class name followed by
   that row's costs. The row names must repeat the header names in the same order, so a
-  transposed or reordered file fails loudly instead of silently swapping costs.
+  transposed file fails loudly instead of silently swapping costs; the header may list the
+  classes in any order (:func:`build_cost_matrix` puts them in the data's).
 * YAML / JSON: a mapping ``{classes: [names...], costs: [[row], ...]}``.
-* Expert YAML (:meth:`pipeline.costs.CostMatrix.expert_from_yaml`): ``{default: 1.0, pairs:
+* Expert YAML (:func:`expert_from_yaml`): ``{default: 1.0, pairs:
   [{true: a, predicted: b, cost: 10}, ...]}``; the class list comes from the dataset.
 
 The format is chosen by the file's suffix. Every error names the file and the offending cell.
@@ -23,7 +25,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pipeline.costs import CostMatrix, CostMatrixError, _check_keys, _class_name
+from collections.abc import Callable, Iterable
+
+from pipeline.costs import _EXPERT_KEYS, CostMatrix, CostMatrixError, _check_keys, _class_name
 from pipeline.fileio import atomic_write_text
 
 CSV_CORNER = "true\\predicted"
@@ -31,14 +35,16 @@ _MAPPING_KEYS = ("classes", "costs")
 _FORMATS = {".csv": "csv", ".yaml": "yaml", ".yml": "yaml", ".json": "json"}
 
 
-def load(path: str | os.PathLike[str]) -> CostMatrix:
+def load_costs(path: str | os.PathLike[str]) -> CostMatrix:
+    """Read a cost matrix, choosing the format (CSV, YAML, JSON) by the file suffix."""
     reader = _READERS[_format_of(path)]
     if not Path(path).is_file():
         raise CostMatrixError(f"cost file {path} not found")
     return reader(path)
 
 
-def save(cost: CostMatrix, path: str | os.PathLike[str]) -> None:
+def save_costs(cost: CostMatrix, path: str | os.PathLike[str]) -> None:
+    """Write a cost matrix atomically, choosing the format by the file suffix."""
     _WRITERS[_format_of(path)](cost, path)
 
 
@@ -120,7 +126,7 @@ def _write_json(cost: CostMatrix, path: str | os.PathLike[str]) -> None:
     atomic_write_text(path, json.dumps(cost.to_dict(), indent=2) + "\n")
 
 
-_READERS = {"csv": read_csv, "yaml": _read_yaml_matrix, "json": _read_json}
+_READERS: dict[str, Callable[[str | os.PathLike[str]], CostMatrix]] = {"csv": read_csv, "yaml": _read_yaml_matrix, "json": _read_json}
 _WRITERS = {"csv": write_csv, "yaml": _write_yaml, "json": _write_json}
 
 
@@ -137,3 +143,31 @@ def _construct_at(where: Any, classes: Any, values: Any) -> CostMatrix:
         return CostMatrix(classes, values)
     except CostMatrixError as exc:
         raise CostMatrixError(f"{where}: {exc}") from None
+
+
+def expert_from_yaml(path: str | os.PathLike[str], classes: Iterable[Any]) -> CostMatrix:
+    """Read ``{default: 1.0, pairs: [{true, predicted, cost}, ...]}`` for the given classes."""
+    data = read_yaml(path)
+    _check_keys(data, required=("pairs",), allowed=_EXPERT_KEYS, where=str(path))
+    return CostMatrix.expert(classes, data["pairs"], default=data.get("default", 1.0))
+
+
+# How params.yaml's ``costs.kind`` builds a matrix for the data set's classes. ``settings`` is the
+# validated ``costs`` section (pipeline.config.CostConfig).
+COST_KINDS: dict[str, Callable[[list[str], Any], CostMatrix]] = {
+    "pareto": lambda classes, s: CostMatrix.pareto(classes, shape=s.pareto_shape, scale=s.pareto_scale,
+                                                   seed=s.pareto_seed),
+    "single_pair": lambda classes, s: CostMatrix.single_pair(classes, s.true_class, s.predicted_class),
+    "expert": lambda classes, s: CostMatrix.expert(classes, s.expert["pairs"], default=s.expert.get("default", 1.0)),
+    "file": lambda classes, s: load_costs(s.file),
+}
+
+
+def build_cost_matrix(settings: Any, classes: list[str]) -> CostMatrix:
+    """The matrix ``settings.kind`` asks for, in the data set's class order and checked against
+    its class names."""
+    if settings.kind not in COST_KINDS:
+        raise CostMatrixError(f"unknown cost kind {settings.kind!r}; known: {', '.join(COST_KINDS)}")
+    cost = COST_KINDS[settings.kind](classes, settings).in_order(classes)
+    cost.check_classes(classes)
+    return cost

@@ -4,8 +4,9 @@ A cost matrix C holds c(y, z), the cost of predicting class z for a sample whose
 is y (rows = true class, columns = predicted class). Costs are non-negative, need not be
 symmetric, and a correct prediction costs nothing, so the diagonal is zero (paper, Sec. 1.1).
 
-The files a matrix is read from and written to (CSV, YAML, JSON, the expert YAML) are
-:mod:`pipeline.costfiles`'; ``CostMatrix.load``/``save``/``from_csv``/``to_csv`` use it.
+The files a matrix is read from and written to (CSV, YAML, JSON, the expert YAML), and the
+matrix params.yaml's ``costs`` section asks for, are :mod:`pipeline.costfiles`'s; this module
+reads no file.
 
 Class names are strings; integer names (as YAML reads an unquoted ``0``) become their
 decimal string, so MNIST's ``0..9`` work whether or not a file quotes them.
@@ -14,8 +15,7 @@ decimal string, so MNIST's ``0..9`` work whether or not a file quotes them.
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -216,49 +216,8 @@ class CostMatrix:
             values[i, j] = _finite_number(cost, f"{where}: cost")
         return cls(names, values)
 
-    @classmethod
-    def expert_from_yaml(cls, path: str | os.PathLike[str], classes: Iterable[Any]) -> CostMatrix:
-        """Read ``{default: 1.0, pairs: [{true, predicted, cost}, ...]}`` for the given classes."""
-        from pipeline import costfiles
-
-        data = costfiles.read_yaml(path)
-        _check_keys(data, required=("pairs",), allowed=_EXPERT_KEYS, where=str(path))
-        return cls.expert(classes, data["pairs"], default=data.get("default", 1.0))
-
-    # ------------------------------------------------------------------ files (pipeline.costfiles)
-
     def to_dict(self) -> dict[str, Any]:
         return {"classes": list(self._classes), "costs": self._values.tolist()}
-
-    @classmethod
-    def from_dict(cls, data: Any, where: str = "cost mapping") -> CostMatrix:
-        from pipeline import costfiles
-
-        return costfiles.from_mapping(data, where)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> CostMatrix:
-        """Read a cost matrix, choosing the format (CSV, YAML, JSON) by the file suffix."""
-        from pipeline import costfiles
-
-        return costfiles.load(path)
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write this cost matrix atomically, choosing the format by the file suffix."""
-        from pipeline import costfiles
-
-        costfiles.save(self, path)
-
-    @classmethod
-    def from_csv(cls, path: str | os.PathLike[str]) -> CostMatrix:
-        from pipeline import costfiles
-
-        return costfiles.read_csv(path)
-
-    def to_csv(self, path: str | os.PathLike[str]) -> None:
-        from pipeline import costfiles
-
-        costfiles.write_csv(self, path)
 
     # ------------------------------------------------------------------ derived quantities
 
@@ -282,6 +241,16 @@ class CostMatrix:
     def top_pairs(self, k: int) -> list[tuple[str, str]]:
         """The ``k`` costliest off-diagonal (true, predicted) class-name pairs, costliest first."""
         return [(self._classes[i], self._classes[j]) for i, j in self.top_pair_indices(k)]
+
+    def in_order(self, classes: Iterable[Any]) -> CostMatrix:
+        """This matrix with its rows and columns in the order of ``classes`` when it names the same
+        classes (a file may list them in any order: its names say which cost is which);
+        otherwise unchanged, for :meth:`check_classes` to say what differs."""
+        wanted = [_class_name(c, "expected class") for c in classes]
+        if sorted(wanted) != sorted(self._classes) or wanted == list(self._classes):
+            return self
+        order = [self._classes.index(name) for name in wanted]
+        return CostMatrix(wanted, self._values[np.ix_(order, order)])
 
     def check_classes(self, expected_classes: Iterable[Any]) -> None:
         """Raise unless this matrix's class names equal ``expected_classes`` in the same order."""
@@ -369,23 +338,3 @@ def pair_weights(cost: torch.Tensor, temperature: float) -> torch.Tensor:
                               "cost-sensitive about")
     powered = (off_diagonal / largest) ** temperature
     return powered / powered.sum()
-
-
-# How params.yaml's ``costs.kind`` builds a matrix for the data set's classes. ``settings`` is the
-# validated ``costs`` section (pipeline.config.CostConfig).
-COST_KINDS: dict[str, Callable[[list[str], Any], CostMatrix]] = {
-    "pareto": lambda classes, s: CostMatrix.pareto(classes, shape=s.pareto_shape, scale=s.pareto_scale,
-                                                   seed=s.pareto_seed),
-    "single_pair": lambda classes, s: CostMatrix.single_pair(classes, s.true_class, s.predicted_class),
-    "expert": lambda classes, s: CostMatrix.expert(classes, s.expert["pairs"], default=s.expert.get("default", 1.0)),
-    "file": lambda classes, s: CostMatrix.load(s.file),
-}
-
-
-def build_cost_matrix(settings: Any, classes: list[str]) -> CostMatrix:
-    """The matrix ``settings.kind`` asks for, checked against the data set's class names."""
-    if settings.kind not in COST_KINDS:
-        raise CostMatrixError(f"unknown cost kind {settings.kind!r}; known: {', '.join(COST_KINDS)}")
-    cost = COST_KINDS[settings.kind](classes, settings)
-    cost.check_classes(classes)
-    return cost

@@ -35,6 +35,7 @@ from pipeline.metrics import mean_interval, summarize
 from pipeline.plan import finetune_inputs_digest, finetune_job
 from pipeline.prepare import load_prepared
 from pipeline.train import predict_logits, trained_model
+from pipeline.costfiles import load_costs
 
 BASELINES = ("fit", "zero_loss")  # section 1.1's two starting points
 MAIN_BASELINE = "zero_loss"  # the paper's: trained to a training loss below 1e-3
@@ -66,7 +67,7 @@ class CostedTest:
 def costed_test(dataset: str, raw: Path, manifest: Path, label_column: str, cost_csv: Path) -> CostedTest:
     baseline_dir = paper_models(dataset) / "baselines" / MAIN_BASELINE
     data = load_prepared(dataset, raw, manifest, augment=False, label_column=label_column)
-    cost = CostMatrix.load(cost_csv)
+    cost = load_costs(cost_csv)
     cost.check_classes(data.classes)
     loader = DataLoader(data.split("test"), batch_size=256, shuffle=False)
     logits = predict_logits(trained_model(baseline_dir, data, None), loader)[0]

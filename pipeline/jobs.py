@@ -6,7 +6,8 @@ it, reads the same in every checkout. Its :func:`fingerprint` hashes
 
 * the job's settings (model, method, optimisation, seed, ...), without the paths,
 * its input files by content (``inputs_digest``, computed once by the stage), and
-* the source of the modules the training code imports (:func:`pipeline.codedeps.code_digest`),
+* the code of the modules the training code imports (:func:`pipeline.codedeps.code_digest`:
+  their statements, not their paths, so moving a module retrains nothing),
 
 so a run is reused or resumed only by an identical job run by identical code, wherever the
 project sits, and an edit to code the training never runs (the report, the Ray edge) leaves
@@ -24,8 +25,9 @@ from typing import Any
 
 from pipeline.codedeps import code_digest
 
-# The module whose imports make up the training code (it holds ``train_func``).
-TRAINING_MODULE = "pipeline.train"
+# The module whose imports make up the training code (it holds ``train_func``), named relative to
+# this one so that the name moves with the package and leaves the run keys alone.
+TRAINING_MODULE = f"{__package__}.train"
 _PATH_FIELDS = ("raw_dir", "manifest", "cost_csv", "init_checkpoint")
 
 

@@ -454,6 +454,11 @@ METHODS: dict[str, MethodSpec] = {
                                                             "cost-optimal decision, so this rule is only a heuristic "
                                                             "for it."),
 }
+def learning_rate_key(method: str) -> str:
+    """Where params.yaml sets a method's learning rate (for messages): ERM is the baseline's."""
+    return f"finetune.{method}.lr" if METHODS[method].needs_cost else "baseline.lr"
+
+
 # The fine-tuning methods a user can pick (ERM is the baseline).
 FINETUNE_METHODS: tuple[str, ...] = tuple(name for name, spec in METHODS.items() if spec.needs_cost)
 

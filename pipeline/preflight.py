@@ -24,13 +24,13 @@ from typing import Any
 import torch
 
 from pipeline.checkpoints import load_checkpoint, load_model_state
-from pipeline.costs import CostMatrix
 from pipeline.datasets.common import DatasetError
 from pipeline.jobs import TrainJob
 from pipeline.methods import MethodContext, build_method
 from pipeline.models import ModelConfigError, build_model
 from pipeline.prepare import load_prepared
 from pipeline.validation import RECIPE_DIR
+from pipeline.costfiles import load_costs
 
 
 def check_jobs(jobs: list[TrainJob], root: Path) -> None:
@@ -47,7 +47,7 @@ def check_jobs(jobs: list[TrainJob], root: Path) -> None:
         cost = None
         if job.cost_csv is not None:
             if job.cost_csv not in costs_of:
-                matrix = CostMatrix.from_csv(job.path(root, "cost_csv"))
+                matrix = load_costs(job.path(root, "cost_csv"))
                 matrix.check_classes(data.classes)
                 costs_of[job.cost_csv] = matrix.as_tensor()
             cost = costs_of[job.cost_csv]

@@ -31,11 +31,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pipeline.checkpoints import MODEL_FILE, RunStore, load_checkpoint, load_model_state
-from pipeline.costs import CostMatrix
 from pipeline.datasets import ArrayDataset
 from pipeline.errors import UserError
 from pipeline.jobs import TrainJob
-from pipeline.methods import MethodContext, TrainingMethod, build_method
+from pipeline.methods import MethodContext, TrainingMethod, build_method, learning_rate_key
 from pipeline.models import (
     build_model,
     classifier_head,
@@ -46,6 +45,7 @@ from pipeline.models import (
 from pipeline.optim import OptimConfig, make_optimizer
 from pipeline.prepare import load_prepared
 from pipeline.sessions import Session, open_session
+from pipeline.costfiles import load_costs
 
 
 class TensorBatches:
@@ -206,7 +206,7 @@ def build_run(job: TrainJob, root: Path, session: Session, cpus: float = 1.0) ->
                          augment=optim.augment, label_column=job.label_column)
     cost = None
     if job.cost_csv is not None:
-        cost_matrix = CostMatrix.from_csv(job.path(root, "cost_csv"))
+        cost_matrix = load_costs(job.path(root, "cost_csv"))
         cost_matrix.check_classes(data.classes)
         cost = cost_matrix.as_tensor()
     model = build_model(job.model, num_classes=data.num_classes, input_shape=data.input_shape,
@@ -310,9 +310,8 @@ def check_diverged(job: TrainJob, metrics: dict[str, float]) -> None:
     loss = metrics.get("val_loss", 0.0)
     if bad or loss > DIVERGED_VAL_LOSS:
         what = f"{', '.join(bad)} not finite" if bad else f"validation loss {loss:.3g} > {DIVERGED_VAL_LOSS:g}"
-        key = "baseline.lr" if job.method == "erm" else f"finetune.{job.method}.lr"
         raise DivergedError(f"run {job.name} diverged at epoch {int(metrics['epoch']) + 1} ({what}) with "
-                            f"{job.optim.get('optimizer')} lr {job.optim.get('lr'):g}; lower the learning rate ({key})")
+                            f"{job.optim.get('optimizer')} lr {job.optim.get('lr'):g}; lower the learning rate ({learning_rate_key(job.method)})")
 
 
 def checkpoint_state(run: Run, progress: Progress) -> dict[str, Any]:

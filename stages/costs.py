@@ -1,7 +1,7 @@
 """DVC stage 'costs': the cost matrix params.yaml asks for, over the data set's class names."""
 
 from pipeline.config import Config
-from pipeline.costs import build_cost_matrix
+from pipeline.costfiles import build_cost_matrix, save_costs
 from pipeline.prepare import manifest_classes, read_manifest
 from pipeline.stage import run_stage
 
@@ -10,7 +10,7 @@ def main(config: Config) -> str:
     classes = manifest_classes(read_manifest(config.paths.manifest))
     cost = build_cost_matrix(config.costs, classes)
     config.paths.cost.parent.mkdir(parents=True, exist_ok=True)
-    cost.save(config.paths.cost)
+    save_costs(cost, config.paths.cost)
     top = ", ".join(f"{a} -> {b}" for a, b in cost.top_pairs(min(3, len(classes) * (len(classes) - 1))))
     return f"{config.costs.kind} matrix over {len(classes)} classes in {config.paths.cost}; costliest: {top}"
 

@@ -35,6 +35,7 @@ from pipeline.plan import baseline_job
 from pipeline.prepare import load_prepared
 from pipeline.stage import run_stage
 from pipeline.train import predict_logits, trained_model
+from pipeline.costfiles import load_costs
 
 RUNS_INDEX = "runs.json"  # written by the finetune stage
 FIGURES = "figures"
@@ -80,7 +81,7 @@ def predict(baseline: Path, finetune: Path, cost_file: Path, device: str = "cpu"
     job = baseline_job(baseline)
     data = load_prepared(job.dataset, Path(job.raw_dir), Path(job.manifest), augment=False,
                          label_column=job.label_column)
-    cost = CostMatrix.load(cost_file)
+    cost = load_costs(cost_file)
     cost.check_classes(data.classes)
     validation = split_predictions(runs, data, cost, "val", device)
     temperatures = [fit_temperature(run.logits, run.labels) for run in validation]
@@ -107,7 +108,7 @@ def draw_figures(results: Path, cost: CostMatrix) -> None:
 
 def main(config: Config) -> str:
     root = Path.cwd()
-    cost = CostMatrix.load(config.paths.cost)
+    cost = load_costs(config.paths.cost)
     pairs = cost.num_classes * (cost.num_classes - 1)
     if config.top_k > pairs:  # checked before any model is scored
         raise ConfigError(f"{RECIPE_DIR}/{config.dataset}.yaml: evaluate.top_k = {config.top_k} is invalid; "

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from pipeline.claims import headline, render_claims
 from pipeline.config import Config
-from pipeline.costs import CostMatrix
 from pipeline.evaluation import write_json
 from pipeline.prepare import manifest_classes, read_manifest
 from pipeline.report import methods_table, write_report
 from pipeline.stage import run_stage
+from pipeline.costfiles import load_costs
 
 RESULTS = Path("results")
 DESCRIPTIONS = {"images": "images from data.source", "digits": "scikit-learn's 8x8 digits",
@@ -36,7 +36,7 @@ def main(config: Config) -> str:
                "zero_loss": config.paper.zero_loss}
     summary = outputs["table"]["summary"]
     methods = ["baseline", *[m.name for m in config.paper.table_methods]]
-    cost = CostMatrix.load(config.paths.cost)
+    cost = load_costs(config.paths.cost)
     text = render_claims(setting, *outputs.values(), methods_table(summary, methods, "argmax", cost, config.top_k))
     write_report(text, RESULTS / "paper.md")
     write_json(headline(*outputs.values()), RESULTS / "metrics.json")

@@ -41,6 +41,7 @@ from pipeline.plan import baseline_job
 from pipeline.prepare import load_prepared
 from pipeline.stage import run_stage
 from pipeline.train import predict_logits, trained_model
+from pipeline.costfiles import load_costs, save_costs
 
 RESULTS = Path("results")
 LABELS = {"fit": "stopped at 100% training accuracy", "zero_loss": "trained to zero training loss"}
@@ -52,7 +53,7 @@ def pair_costs(pairs: list[tuple[int, int]], classes: list[str], folder: Path) -
     files = {}
     for pair in pairs:
         files[pair] = folder / f"{pair[0]}-{pair[1]}.csv"
-        CostMatrix(classes, single_pair_matrix(len(classes), pair)).save(files[pair])
+        save_costs(CostMatrix(classes, single_pair_matrix(len(classes), pair)), files[pair])
     return files
 
 
@@ -110,7 +111,7 @@ def main(config: Config) -> str:
     stores = run_jobs(jobs, config.ray, Path.cwd(), experiment="paper_pairs")
 
     test_y = data.split("test").y
-    pair_cost = {pair: CostMatrix.load(path).as_tensor() for pair, path in cost_files.items()}
+    pair_cost = {pair: load_costs(path).as_tensor() for pair, path in cost_files.items()}
     costs = [pair_cost[pair] for _, pair, _, _ in runs]
     predictions = [(logits.argmax(1), history) for logits, history in run_outcomes(stores, costs, data, loaders["test"])]
     base_rates = {name: pair_error_rates(p["test"], test_y, k) for name, p in base_predictions.items()}

@@ -3,7 +3,6 @@
 import json
 
 from pipeline.config import Config
-from pipeline.costs import CostMatrix
 from pipeline.evaluation import SUMMARY_FILE
 from pipeline.methods import METHODS
 from pipeline.report import (
@@ -13,6 +12,7 @@ from pipeline.report import (
     write_report,
 )
 from pipeline.stage import run_stage
+from pipeline.costfiles import load_costs
 
 CHOSEN_FILE = "chosen.json"  # written by the search stage
 
@@ -21,7 +21,7 @@ def main(config: Config) -> str:
     results = config.paths.evaluation
     summary = json.loads((results / SUMMARY_FILE).read_text())
     methods, recommendation = summary["methods"], summary["recommendation"]
-    cost = CostMatrix.load(config.paths.cost)
+    cost = load_costs(config.paths.cost)
     search = json.loads((config.paths.search / CHOSEN_FILE).read_text())
     text = render_report(methods, cost, dataset=config.dataset, top_k=config.top_k,
                          extra={"replications": config.replications, "model": config.model},

@@ -16,7 +16,6 @@ import pandas as pd
 
 from pipeline.checkpoints import HISTORY_FILE, RunStore
 from pipeline.config import Config, MethodConfig
-from pipeline.costs import CostMatrix
 from pipeline.distributed import connect, storage_location, storage_root, use_gpu
 from pipeline.evaluation import json_text, write_csv
 from pipeline.fileio import atomic_write_text, fresh_dir, replace_dir
@@ -37,6 +36,7 @@ from pipeline.search import (
     starting_point,
 )
 from pipeline.stage import run_stage
+from pipeline.costfiles import load_costs
 
 CHOSEN_FILE = "chosen.json"
 TRIALS_FILE = "trials.csv"
@@ -85,7 +85,7 @@ def main(config: Config) -> str:
     if config.search.max_trials > 0:
         for method in config.methods:
             search_space(method)  # a method whose recipe lacks a searched key fails before Ray starts
-        max_cost = float(CostMatrix.load(config.paths.cost).values.max())
+        max_cost = float(load_costs(config.paths.cost).values.max())
         baseline = baseline_job(config.paths.baseline)
         digest = finetune_inputs_digest(baseline, config.paths.cost, config.paths.baseline)
         storage = storage_root(config.ray, root)

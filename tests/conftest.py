@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pipeline.costfiles import save_costs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -145,5 +146,5 @@ def prepare_toy(root: Path) -> dict[str, str]:
 
     fetch_dataset("toy", root / "raw" / "toy", seed=0)
     write_manifest(make_manifest("toy", root / "raw" / "toy", seed=0), root / "toy.parquet")
-    CostMatrix.single_pair(["red", "green", "blue"], "green", "blue").save(root / "cost.csv")
+    save_costs(CostMatrix.single_pair(["red", "green", "blue"], "green", "blue"), root / "cost.csv")
     return {"raw_dir": "raw/toy", "manifest": "toy.parquet", "cost_csv": "cost.csv"}

@@ -1,11 +1,12 @@
 import math
 import re
+import types
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.costfiles import CSV_CORNER
+from pipeline.costfiles import CSV_CORNER, build_cost_matrix, expert_from_yaml, load_costs, read_csv, save_costs, write_csv
 from pipeline.costs import MAX_COST, CostMatrix, CostMatrixError
 
 ABC = ["a", "b", "c"]
@@ -115,8 +116,8 @@ def test_error_is_a_value_error():
 def test_save_load_round_trip(tmp_path, suffix):
     cm = CostMatrix.pareto(["x", "y", "z", "w"], seed=3)  # floats with many digits
     path = tmp_path / f"costs{suffix}"
-    cm.save(path)
-    loaded = CostMatrix.load(path)
+    save_costs(cm, path)
+    loaded = load_costs(path)
     assert loaded == cm
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temp file left behind
 
@@ -124,15 +125,15 @@ def test_save_load_round_trip(tmp_path, suffix):
 @pytest.mark.parametrize("fmt", ["csv", "yaml", "json"])
 def test_explicit_readers_and_writers(tmp_path, cm, fmt):
     path = tmp_path / f"m.{fmt}"
-    cm.save(path)
-    assert CostMatrix.load(path) == cm
+    save_costs(cm, path)
+    assert load_costs(path) == cm
     if fmt == "csv":
-        assert CostMatrix.from_csv(path) == cm
+        assert read_csv(path) == cm
 
 
 def test_csv_layout(tmp_path, cm):
     path = tmp_path / "c.csv"
-    cm.to_csv(path)
+    write_csv(cm, path)
     assert path.read_text().splitlines() == [
         f"{CSV_CORNER},a,b,c",
         "a,0.0,1.0,4.0",
@@ -144,7 +145,7 @@ def test_csv_layout(tmp_path, cm):
 def test_csv_hand_written_with_spaces_and_blank_line(tmp_path, cm):
     path = tmp_path / "c.csv"
     path.write_text("y\\z, a, b, c\na, 0, 1, 4\nb, 2, 0, 1\n\nc, 5, 3, 0\n")
-    assert CostMatrix.from_csv(path) == cm
+    assert read_csv(path) == cm
 
 
 @pytest.mark.parametrize(("text", "says"), [
@@ -155,18 +156,18 @@ def test_a_csv_with_another_delimiter_is_named_as_such(tmp_path, text, says):
     path = tmp_path / "c.csv"
     path.write_text(text)
     with pytest.raises(CostMatrixError, match=re.escape(f"{path}: {says}")):
-        CostMatrix.load(path)
+        load_costs(path)
 
 
 def test_a_missing_cost_file_is_named(tmp_path):
     with pytest.raises(CostMatrixError, match=re.escape(f"cost file {tmp_path / 'gone.csv'} not found")):
-        CostMatrix.load(tmp_path / "gone.csv")
+        load_costs(tmp_path / "gone.csv")
 
 
 def test_yaml_shape_and_integer_names(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("classes: [0, 1]\ncosts:\n  - [0, 2.5]\n  - [1, 0]\n")
-    cm = CostMatrix.load(path)
+    cm = load_costs(path)
     assert cm.classes == ["0", "1"] and cm.values[0, 1] == 2.5
 
 
@@ -193,17 +194,17 @@ def test_file_errors_name_the_file(tmp_path, name, text, message):
     path = tmp_path / name
     path.write_text(text)
     with pytest.raises(CostMatrixError) as info:
-        CostMatrix.load(path)
+        load_costs(path)
     assert message in str(info.value)
     assert name in str(info.value)
 
 
 def test_unknown_suffix_lists_valid_ones(tmp_path, cm):
     with pytest.raises(CostMatrixError) as info:
-        cm.save(tmp_path / "costs.txt")
+        save_costs(cm, tmp_path / "costs.txt")
     assert "'.txt'" in str(info.value) and "'.csv'" in str(info.value) and "'.yml'" in str(info.value)
     with pytest.raises(CostMatrixError):
-        CostMatrix.load(tmp_path / "costs.npy")
+        load_costs(tmp_path / "costs.npy")
 
 
 # ---------------------------------------------------------------- Pareto
@@ -277,7 +278,7 @@ def test_expert_four_pairs_in_every_spelling(tmp_path):
     lines = ["default: 1.0", "pairs:"]
     lines += [f"  - {{true: '{p['true']}', predicted: '{p['predicted']}', cost: {p['cost']}}}" for p in PMI_PAIRS]
     path.write_text("\n".join(lines) + "\n")
-    assert CostMatrix.expert_from_yaml(path, PMI) == from_list
+    assert expert_from_yaml(path, PMI) == from_list
 
 
 def test_expert_default_cost():
@@ -310,7 +311,7 @@ def test_expert_from_yaml_requires_pairs(tmp_path):
     path = tmp_path / "e.yaml"
     path.write_text("default: 1.0\n")
     with pytest.raises(CostMatrixError, match="missing required keys"):
-        CostMatrix.expert_from_yaml(path, ABC)
+        expert_from_yaml(path, ABC)
 
 
 # ---------------------------------------------------------------- weights, top pairs, classes
@@ -372,3 +373,25 @@ def test_check_classes(cm):
         cm.check_classes(["a", "b"])
     with pytest.raises(CostMatrixError, match="order differs at position 1: dataset has 'c'"):
         cm.check_classes(["a", "c", "b"])
+
+
+def test_a_cost_file_in_another_class_order_is_read_in_the_datas_order(tmp_path):
+    """The header names every class, so its order is only a layout: each cost keeps its pair."""
+    path = tmp_path / "costs" / "mine.csv"
+    path.parent.mkdir()
+    path.write_text("true\\predicted,c,a,b\nc,0,5,3\na,4,0,1\nb,1,2,0\n")
+    settings = types.SimpleNamespace(kind="file", file=str(path))
+    cost = build_cost_matrix(settings, ABC)
+    assert cost.classes == ABC
+    assert cost.values.tolist() == HAND
+    assert cost == CostMatrix(ABC, HAND)
+    with pytest.raises(CostMatrixError, match=r"missing from the cost matrix: \['d'\]"):
+        build_cost_matrix(settings, ["a", "b", "c", "d"])
+
+
+def test_in_order_leaves_a_matrix_of_other_classes_for_check_classes_to_name(cm):
+    assert cm.in_order(["a", "b"]) is cm
+    assert cm.in_order(ABC) is cm
+    flipped = cm.in_order(["b", "a", "c"])
+    assert flipped.classes == ["b", "a", "c"]
+    assert flipped.values[0, 1] == cm.values[1, 0] and flipped.values[0, 2] == cm.values[1, 2]

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import re
+import shutil
 
-from pipeline.codedeps import ROOT, reachable_files
+from pipeline.codedeps import ROOT, code_digest, reachable_files
 from pipeline.jobs import TRAINING_MODULE, TrainJob, digest_files, fingerprint, run_name
+from pipeline.search import __name__ as SEARCH_MODULE
 
 JOB = TrainJob(name="digits-csada-r0", dataset="digits", raw_dir="data/raw/digits", manifest="data/split/digits.parquet",
                cost_csv="data/costs/digits.csv", model="mlp", model_options={"hidden": 100}, pretrained=False,
@@ -40,3 +44,67 @@ def test_digest_files_follows_content(tmp_path):
     assert digest_files([a, b]) != first
     b.write_text("2")
     assert digest_files([a, b]) == first
+
+
+def _copy_package(tmp_path):
+    shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def _rewrite(root, old: str, new: str) -> None:
+    """Point every import of module ``old`` at ``new`` (dotted names), as a move would."""
+    for path in (root / "pipeline").rglob("*.py"):
+        text = path.read_text()
+        text = re.sub(rf"\b{re.escape(old)}\b", new, text)
+        old_parent, _, old_leaf = old.rpartition(".")
+        new_parent, _, new_leaf = new.rpartition(".")
+        text = re.sub(rf"from {re.escape(old_parent)} import {old_leaf}\b", f"from {new_parent} import {new_leaf}", text)
+        path.write_text(text)
+
+
+def test_a_pure_move_changes_no_run_key(tmp_path):
+    root = _copy_package(tmp_path)
+    before = {module: code_digest(module, root) for module in (TRAINING_MODULE, SEARCH_MODULE)}
+    # Move the attacks into a new part, and the method registry's costs next to them.
+    (root / "pipeline" / "moved").mkdir()
+    (root / "pipeline" / "moved" / "__init__.py").write_text('"""A part made by a move."""\n')
+    for name in ("attacks", "costs"):
+        shutil.move(root / "pipeline" / f"{name}.py", root / "pipeline" / "moved" / f"{name}.py")
+        _rewrite(root, f"pipeline.{name}", f"pipeline.moved.{name}")
+    assert not (root / "pipeline" / "attacks.py").exists()
+    assert "pipeline/moved/attacks.py" in {p.relative_to(root).as_posix() for p in reachable_files({TRAINING_MODULE}, root)}
+    after = {module: code_digest(module, root) for module in (TRAINING_MODULE, SEARCH_MODULE)}
+    assert after == before
+    # Every run's key is its settings plus this digest: a job hashes the same after the move.
+    assert fingerprint(JOB) == fingerprint(JOB)
+
+
+def test_splitting_a_module_by_whole_functions_or_rewording_changes_no_key(tmp_path):
+    root = _copy_package(tmp_path)
+    before = code_digest(TRAINING_MODULE, root)
+    optim = root / "pipeline" / "optim.py"
+    text = optim.read_text()
+    last = ast.parse(text).body[-1]
+    lines = text.splitlines(keepends=True)
+    kept, moved = "".join(lines[: last.lineno - 1]), "".join(lines[last.lineno - 1:])
+    (root / "pipeline" / "optim_part.py").write_text(
+        '"""Split off optim.py."""\nfrom pipeline.optim import *  # noqa\n\n\n' + moved)
+    optim.write_text(kept + f"\n# {last.name} lives in optim_part now.\nfrom pipeline.optim_part import {last.name}\n")
+    assert "pipeline/optim_part.py" in {p.relative_to(root).as_posix() for p in reachable_files({TRAINING_MODULE}, root)}
+    assert code_digest(TRAINING_MODULE, root) == before
+
+
+def test_an_edit_to_code_that_runs_changes_the_key_and_a_comment_does_not(tmp_path):
+    root = _copy_package(tmp_path)
+    before = code_digest(TRAINING_MODULE, root)
+    optim = root / "pipeline" / "optim.py"
+    text = optim.read_text()
+    assert "raise ValueError(f\"learning rate must be > 0" in text
+    optim.write_text(text.replace("# A zero rate", "# A rate of zero"))
+    assert code_digest(TRAINING_MODULE, root) == before
+    optim.write_text(text.replace("Epochs, optimiser and step schedule", "The epochs, optimiser and schedule"))
+    assert code_digest(TRAINING_MODULE, root) == before  # a class's docstring reworded
+    optim.write_text(text.replace("learning rate must be > 0", "learning rate must be positive"))
+    assert code_digest(TRAINING_MODULE, root) != before
+    optim.write_text(text + "\nEXTRA = 1\n")
+    assert code_digest(TRAINING_MODULE, root) != before

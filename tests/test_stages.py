@@ -17,10 +17,10 @@ import yaml
 
 from pipeline.checkpoints import RunStore
 from pipeline.config import ConfigError, load_config
-from pipeline.costs import CostMatrix
 from pipeline.jobs import run_name
 from pipeline.prepare import load_prepared
 from pipeline.train import train_func
+from pipeline.costfiles import load_costs
 from stages import baseline, costs, evaluate, fetch, finetune, report, search, split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_evaluation_scores_every_model_on_the_test_split(toy_project, monkeypatc
     assert [(m, r) for m, r, _ in runs] == [("baseline", None), ("csada", 0), ("ap", 0), ("sosr", 0), ("penalty", 0),
                                             ("soft_labels", 0), ("logit_adjusted", 0)]
     data = load_prepared("toy", config.paths.raw, config.paths.manifest, augment=False)
-    cost = CostMatrix.load(config.paths.cost)
+    cost = load_costs(config.paths.cost)
     predictions = evaluate.split_predictions(runs, data, cost, "test")
     test_x = data.split("test").x
     for run in predictions:

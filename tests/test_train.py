@@ -25,6 +25,7 @@ from pipeline.optim import OptimConfig
 from pipeline.sessions import LocalSession
 from pipeline.train import Progress, loader_options, train_func, validation_metrics
 from tests.conftest import prepare_toy
+from pipeline.costfiles import save_costs
 
 CSADA_OPTIONS = dict(adv_weight=1.0, temperature=1.0, eps=1.5, steps=3, step_size=0.05, pairs="stochastic")
 
@@ -117,7 +118,7 @@ def test_validation_wer_charges_the_true_class_row():
 def test_a_killed_run_resumes_after_its_last_checkpoint_and_matches_an_uninterrupted_one(project, tmp_path):
     # Costs on every pair, so that CSADA's pair draws matter too.
     root, _ = project
-    CostMatrix.pareto(["red", "green", "blue"], seed=1).save(root / "pareto.csv")
+    save_costs(CostMatrix.pareto(["red", "green", "blue"], seed=1), root / "pareto.csv")
     resumable = job(project, epochs=4, cost_csv="pareto.csv")
     complete = train(project, resumable, tmp_path / "complete").load_state()
     with pytest.raises(Interrupted):
@@ -186,7 +187,7 @@ def test_every_fine_tuning_method_moves_the_model(project, baseline_checkpoint, 
 
 def test_cost_matrix_for_other_classes_is_refused(project, tmp_path):
     root, _ = project
-    CostMatrix.single_pair(["a", "b", "c"], "a", "b").save(root / "wrong.csv")
+    save_costs(CostMatrix.single_pair(["a", "b", "c"], "a", "b"), root / "wrong.csv")
     with pytest.raises(ValueError, match="class"):
         train(project, job(project, cost_csv="wrong.csv"), tmp_path / "run")
 
