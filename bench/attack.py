@@ -28,12 +28,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pipeline.attacks import targeted_attack
-from pipeline.costs import CostMatrix
 from pipeline.datasets import load_digits
-from pipeline.methods import CSADA, ERM
-from pipeline.models import SmallCNN
-from pipeline.train import TensorBatches, train_epoch
+from pipeline.method.attacks import targeted_attack
+from pipeline.method.costs import CostMatrix
+from pipeline.method.csada import CSADA
+from pipeline.method.losses import ERM
+from pipeline.models.networks import SmallCNN
+from pipeline.runs.train import TensorBatches, train_epoch
 
 
 def keep_freed_memory_in_heap() -> bool:

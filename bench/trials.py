@@ -1,7 +1,7 @@
 """What Ray costs per training run: the start-up of a local cluster, and the overhead of a trial.
 
 A sweep of N trivial runs (the toy MLP for one epoch, each its own seed) goes through the same
-``pipeline.distributed.run_jobs`` the stages use, on a fresh local cluster and a fresh run store.
+``pipeline.cluster.distributed.run_jobs`` the stages use, on a fresh local cluster and a fresh run store.
 The same runs are timed without Ray (``train_func`` in this process), so
 
     overhead per trial = (sweep wall time - sum of the runs' own training times) / N
@@ -25,17 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.cluster.distributed import connect, run_jobs  # noqa: E402
 from pipeline.config import RayConfig  # noqa: E402
-from pipeline.distributed import connect, run_jobs  # noqa: E402
-from pipeline.jobs import TrainJob  # noqa: E402
-from pipeline.optim import OptimConfig  # noqa: E402
-from pipeline.train import train_func  # noqa: E402
-from pipeline.costfiles import save_costs
+from pipeline.method.costfiles import save_costs
+from pipeline.runs.jobs import TrainJob  # noqa: E402
+from pipeline.runs.optim import OptimConfig  # noqa: E402
+from pipeline.runs.train import train_func  # noqa: E402
 
 
 def toy_project(root: Path) -> dict[str, str]:
-    from pipeline.costs import CostMatrix
-    from pipeline.prepare import fetch_dataset, make_manifest, write_manifest
+    from pipeline.datasets.prepare import fetch_dataset, make_manifest, write_manifest
+    from pipeline.method.costs import CostMatrix
 
     fetch_dataset("toy", root / "raw" / "toy", seed=0)
     write_manifest(make_manifest("toy", root / "raw" / "toy", seed=0), root / "toy.parquet")

@@ -28,12 +28,12 @@ from typing import Any
 
 import yaml
 
-from pipeline.costfiles import COST_KINDS
 from pipeline.datasets import DATASETS
-from pipeline.methods import FINETUNE_METHODS, METHODS
-from pipeline.models import MODELS
-from pipeline.optim import OptimConfig
-from pipeline.paper_config import PaperConfig, parse_paper
+from pipeline.method.costfiles import COST_KINDS
+from pipeline.method.registry import FINETUNE_METHODS, METHODS
+from pipeline.models.registry import MODELS
+from pipeline.paper.config import PaperConfig, parse_paper
+from pipeline.runs.optim import OptimConfig
 from pipeline.validation import (
     OPTIM_KEYS,
     RECIPE_DIR,
@@ -60,7 +60,7 @@ EXECUTION_ONLY = frozenset({"ray.address", "ray.cpus_per_worker", "ray.max_concu
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """The validation search of each method's hyperparameters (pipeline.search)."""
+    """The validation search of each method's hyperparameters (pipeline.cluster.search)."""
 
     max_trials: int = 12  # per method; 0: no search, the recipe's values as they are
     time_budget_s: float = 600.0  # wall clock for the whole search, shared by the methods

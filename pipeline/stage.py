@@ -11,7 +11,7 @@ user can cause or fix ends as one line, ``error in stage <name>: ...``, and exit
 * an interrupt (exit status 130).
 
 Anything else is a bug and keeps its traceback; ``CSADA_TRACEBACK=1`` shows the traceback of the
-one-line cases too. A stage started by ``dvc`` stops when that ``dvc`` dies (pipeline.lifeline).
+one-line cases too. A stage started by ``dvc`` stops when that ``dvc`` dies (pipeline.cluster.lifeline).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from pipeline import lifeline
+from pipeline.cluster import lifeline
 from pipeline.config import Config, load_config
 from pipeline.errors import UserError
 

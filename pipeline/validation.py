@@ -1,4 +1,4 @@
-"""Checks of single parameter values, shared by every section's parser (pipeline.config, pipeline.paper_config).
+"""Checks of single parameter values, shared by every section's parser (pipeline.config, pipeline.paper.config).
 
 Each check fails with a :class:`ConfigError` that names the dotted key, the value and what is valid.
 """
@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.attacks import NORMS, STEP_RULES
 from pipeline.errors import UserError
-from pipeline.methods import NORMALIZATIONS, PAIR_MODES
-from pipeline.optim import OPTIMIZERS, OptimConfig
+from pipeline.method.attacks import NORMS, STEP_RULES
+from pipeline.method.csada import NORMALIZATIONS, PAIR_MODES
+from pipeline.runs.optim import OPTIMIZERS, OptimConfig
 
 RECIPE_DIR = "recipes"
 # Keys of a training section that configure the optimisation; the others are the method's own.

@@ -1,6 +1,6 @@
 """DVC stage 'baseline': the model trained with plain ERM, its epoch selected by validation loss.
 
-One Ray Tune trial (resumable: see pipeline.distributed); the outcome is models/<dataset>/baseline/
+One Ray Tune trial (resumable: see pipeline.cluster.distributed); the outcome is models/<dataset>/baseline/
 with model.pt (the selected weights and the job that trained them) and history.json.
 """
 
@@ -8,12 +8,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pipeline.checkpoints import HISTORY_FILE
+from pipeline.cluster.distributed import run_jobs
 from pipeline.config import Config
-from pipeline.distributed import run_jobs
+from pipeline.datasets.prepare import FETCHED_FILE
 from pipeline.fileio import fresh_dir, replace_dir
-from pipeline.jobs import TrainJob, digest_files
-from pipeline.prepare import FETCHED_FILE
+from pipeline.runs.checkpoints import HISTORY_FILE
+from pipeline.runs.jobs import TrainJob, digest_files
 from pipeline.stage import run_stage
 
 

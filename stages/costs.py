@@ -1,8 +1,8 @@
 """DVC stage 'costs': the cost matrix params.yaml asks for, over the data set's class names."""
 
 from pipeline.config import Config
-from pipeline.costfiles import build_cost_matrix, save_costs
-from pipeline.prepare import manifest_classes, read_manifest
+from pipeline.datasets.prepare import manifest_classes, read_manifest
+from pipeline.method.costfiles import build_cost_matrix, save_costs
 from pipeline.stage import run_stage
 
 

@@ -2,8 +2,8 @@
 
 The models are the baseline and the runs listed in models/<dataset>/finetune/runs.json; each is
 rebuilt from the job its model.pt records, and also scored on the validation split to choose the
-recommended model. Writes the DVC metrics, tables and plots of pipeline.evaluation.write_evaluation
-and the PNG figures of pipeline.figures.
+recommended model. Writes the DVC metrics, tables and plots of pipeline.reporting.outputs.write_evaluation
+and the PNG figures of pipeline.reporting.figures.
 """
 
 import dataclasses
@@ -13,13 +13,14 @@ from pathlib import Path
 import pandas as pd
 from torch.utils.data import DataLoader
 
-from pipeline.calibration import fit_temperature
-from pipeline.checkpoints import HISTORY_FILE
+from pipeline.cluster.distributed import on_gpu_worker
 from pipeline.config import RECIPE_DIR, Config, ConfigError
-from pipeline.costs import CostMatrix
 from pipeline.datasets import ClassificationData
-from pipeline.distributed import on_gpu_worker
-from pipeline.evaluation import (
+from pipeline.datasets.prepare import load_prepared
+from pipeline.method.calibration import fit_temperature
+from pipeline.method.costfiles import load_costs
+from pipeline.method.costs import CostMatrix
+from pipeline.reporting.evaluation import (
     BASELINE_CURVE,
     CONFUSION_DIR,
     DISPLAY_NAMES,
@@ -28,14 +29,13 @@ from pipeline.evaluation import (
     RunPredictions,
     evaluate_run,
     ordered_methods,
-    write_evaluation,
 )
-from pipeline.figures import confusion_figure, curves_figure, wer_figure
-from pipeline.plan import baseline_job
-from pipeline.prepare import load_prepared
+from pipeline.reporting.figures import confusion_figure, curves_figure, wer_figure
+from pipeline.reporting.outputs import write_evaluation
+from pipeline.runs.checkpoints import HISTORY_FILE
+from pipeline.runs.plan import baseline_job
+from pipeline.runs.train import predict_logits, trained_model
 from pipeline.stage import run_stage
-from pipeline.train import predict_logits, trained_model
-from pipeline.costfiles import load_costs
 
 RUNS_INDEX = "runs.json"  # written by the finetune stage
 FIGURES = "figures"

@@ -1,7 +1,7 @@
 """DVC stage 'fetch': materialise the data set in data/raw/<dataset> (with FETCHED.json)."""
 
 from pipeline.config import Config
-from pipeline.prepare import fetch_dataset
+from pipeline.datasets.prepare import fetch_dataset
 from pipeline.stage import run_stage
 
 

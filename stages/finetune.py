@@ -9,13 +9,13 @@ runs.json (the index the evaluate stage reads).
 import json
 from pathlib import Path
 
+from pipeline.cluster.distributed import run_jobs
+from pipeline.cluster.search import apply_choice
 from pipeline.config import Config
-from pipeline.distributed import run_jobs
 from pipeline.errors import UserError
 from pipeline.fileio import atomic_write_text, fresh_dir, replace_dir
-from pipeline.jobs import TrainJob
-from pipeline.plan import baseline_job, finetune_inputs_digest, finetune_job
-from pipeline.search import apply_choice
+from pipeline.runs.jobs import TrainJob
+from pipeline.runs.plan import baseline_job, finetune_inputs_digest, finetune_job
 from pipeline.stage import run_stage
 
 RUNS_INDEX = "runs.json"

@@ -11,13 +11,13 @@ import dataclasses
 import json
 from pathlib import Path
 
-from pipeline.checkpoints import HISTORY_FILE
+from pipeline.cluster.distributed import run_jobs
 from pipeline.config import Config
-from pipeline.distributed import run_jobs
-from pipeline.experiments import BASELINES, baseline_fit, paper_models
+from pipeline.datasets.prepare import FETCHED_FILE
 from pipeline.fileio import fresh_dir, replace_dir
-from pipeline.jobs import TrainJob, digest_files
-from pipeline.prepare import FETCHED_FILE
+from pipeline.paper.experiments import BASELINES, baseline_fit, paper_models
+from pipeline.runs.checkpoints import HISTORY_FILE
+from pipeline.runs.jobs import TrainJob, digest_files
 from pipeline.stage import run_stage
 
 

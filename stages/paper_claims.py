@@ -3,19 +3,19 @@ results/metrics.json, the experiments' DVC metric (a few numbers per experiment)
 
 Reads the experiments' outputs (results/toy.json, pairs.json, lambdas.json, convergence.json,
 table.json) and the data set's split and cost matrix (for the setting and the Tables 3/4 layout);
-pipeline.claims decides each verdict by the rule it prints.
+pipeline.paper.claims decides each verdict by the rule it prints.
 """
 
 import json
 from pathlib import Path
 
-from pipeline.claims import headline, render_claims
 from pipeline.config import Config
-from pipeline.evaluation import write_json
-from pipeline.prepare import manifest_classes, read_manifest
-from pipeline.report import methods_table, write_report
+from pipeline.datasets.prepare import manifest_classes, read_manifest
+from pipeline.method.costfiles import load_costs
+from pipeline.paper.claims import headline, render_claims
+from pipeline.reporting.outputs import write_json
+from pipeline.reporting.report import methods_table, write_report
 from pipeline.stage import run_stage
-from pipeline.costfiles import load_costs
 
 RESULTS = Path("results")
 DESCRIPTIONS = {"images": "images from data.source", "digits": "scikit-learn's 8x8 digits",

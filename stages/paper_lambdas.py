@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.cluster.distributed import run_jobs
 from pipeline.config import Config
-from pipeline.distributed import run_jobs
-from pipeline.evaluation import write_csv, write_json
-from pipeline.experiments import (
+from pipeline.paper.experiments import (
     costed_test,
     curve_summary,
     experiment_job,
     run_outcomes,
 )
-from pipeline.paper_figures import lambda_figure
-from pipeline.plan import baseline_job
+from pipeline.paper.figures import lambda_figure
+from pipeline.reporting.outputs import write_csv, write_json
+from pipeline.runs.plan import baseline_job
 from pipeline.stage import run_stage
 
 RESULTS = Path("results")

@@ -20,11 +20,12 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from pipeline.cluster.distributed import run_jobs
 from pipeline.config import Config
-from pipeline.costs import CostMatrix
-from pipeline.distributed import run_jobs
-from pipeline.evaluation import DISPLAY_NAMES, write_csv, write_json
-from pipeline.experiments import (
+from pipeline.datasets.prepare import load_prepared
+from pipeline.method.costfiles import load_costs, save_costs
+from pipeline.method.costs import CostMatrix
+from pipeline.paper.experiments import (
     BASELINES,
     MAIN_BASELINE,
     baseline_fit,
@@ -36,12 +37,12 @@ from pipeline.experiments import (
     run_outcomes,
     single_pair_matrix,
 )
-from pipeline.paper_figures import pair_heatmaps
-from pipeline.plan import baseline_job
-from pipeline.prepare import load_prepared
+from pipeline.paper.figures import pair_heatmaps
+from pipeline.reporting.evaluation import DISPLAY_NAMES
+from pipeline.reporting.outputs import write_csv, write_json
+from pipeline.runs.plan import baseline_job
+from pipeline.runs.train import predict_logits, trained_model
 from pipeline.stage import run_stage
-from pipeline.train import predict_logits, trained_model
-from pipeline.costfiles import load_costs, save_costs
 
 RESULTS = Path("results")
 LABELS = {"fit": "stopped at 100% training accuracy", "zero_loss": "trained to zero training loss"}

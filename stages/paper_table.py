@@ -12,17 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.cluster.distributed import run_jobs
 from pipeline.config import Config
-from pipeline.distributed import run_jobs
-from pipeline.evaluation import (
-    RunPredictions,
-    metrics_summary,
-    summarize_runs,
-    write_csv,
-    write_json,
-)
-from pipeline.experiments import costed_test, experiment_job, run_outcomes
-from pipeline.plan import baseline_job
+from pipeline.paper.experiments import costed_test, experiment_job, run_outcomes
+from pipeline.reporting.evaluation import RunPredictions, metrics_summary, summarize_runs
+from pipeline.reporting.outputs import write_csv, write_json
+from pipeline.runs.plan import baseline_job
 from pipeline.stage import run_stage
 
 RESULTS = Path("results")

@@ -4,7 +4,7 @@ Table 1's three Gaussians exactly, and the harder variant with green and blue mo
 and (-4, -6) (where a converged baseline does make green -> blue errors), each for the seeds of
 ``SEEDS``: a converged MLP baseline, then the same number of full-batch epochs of plain ERM (the
 control) and of CSADA (green -> blue cost 1, tau 1, L-inf eps 1.5, K 5, eta2 0.05) from it
-(pipeline.proof_of_concept). Counted: green -> blue test errors, test accuracy, and the green
+(pipeline.paper.proof_of_concept). Counted: green -> blue test errors, test accuracy, and the green
 training points Algorithm 1 can still push to blue within the budget. Writes results/toy.json and
 results/figures/figure2.png, figure2_harder.png (seed 0: boundaries, errors, attack paths).
 """
@@ -12,17 +12,17 @@ results/figures/figure2.png, figure2_harder.png (seed 0: boundaries, errors, att
 import dataclasses
 from pathlib import Path
 
-from pipeline.attacks import AttackOutcome
 from pipeline.config import Config
 from pipeline.datasets.toy import load_toy
-from pipeline.evaluation import write_json
-from pipeline.proof_of_concept import (
+from pipeline.method.attacks import AttackOutcome
+from pipeline.paper.proof_of_concept import (
     HARDER_MEANS,
     ToySettings,
     attack_green_to_blue,
     plot_figure2,
     run_seed,
 )
+from pipeline.reporting.outputs import write_json
 from pipeline.stage import run_stage
 
 RESULTS = Path("results")

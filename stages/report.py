@@ -3,16 +3,16 @@
 import json
 
 from pipeline.config import Config
-from pipeline.evaluation import SUMMARY_FILE
-from pipeline.methods import METHODS
-from pipeline.report import (
+from pipeline.method.costfiles import load_costs
+from pipeline.method.registry import METHODS
+from pipeline.reporting.evaluation import SUMMARY_FILE
+from pipeline.reporting.report import (
     one_screen_summary,
     recommendation_line,
     render_report,
     write_report,
 )
 from pipeline.stage import run_stage
-from pipeline.costfiles import load_costs
 
 CHOSEN_FILE = "chosen.json"  # written by the search stage
 

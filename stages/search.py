@@ -1,6 +1,6 @@
 """DVC stage 'search': each fine-tuning method's hyperparameters, chosen on validation with Ray Tune.
 
-One Tune experiment per method (pipeline.search: Optuna's TPE proposes, ASHA stops poor trials
+One Tune experiment per method (pipeline.cluster.search: Optuna's TPE proposes, ASHA stops poor trials
 early), starting from the recipe's values, within ``search.max_trials`` trials and the method's
 share of ``search.time_budget_s``. Writes models/<dataset>/search/chosen.json (the settings the
 finetune stage runs, and how each was found) and trials.csv (every trial). ``search.max_trials:
@@ -14,15 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline.checkpoints import HISTORY_FILE, RunStore
-from pipeline.config import Config, MethodConfig
-from pipeline.distributed import connect, storage_location, storage_root, use_gpu
-from pipeline.evaluation import json_text, write_csv
-from pipeline.fileio import atomic_write_text, fresh_dir, replace_dir
-from pipeline.plan import baseline_job, finetune_inputs_digest, finetune_job
-from pipeline.preflight import check_jobs
-from pipeline.progress import say
-from pipeline.search import (
+from pipeline.cluster.distributed import connect, storage_location, storage_root, use_gpu
+from pipeline.cluster.progress import say
+from pipeline.cluster.search import (
     SearchError,
     TrialRecord,
     accuracy_floor,
@@ -35,8 +29,14 @@ from pipeline.search import (
     search_space,
     starting_point,
 )
+from pipeline.config import Config, MethodConfig
+from pipeline.fileio import atomic_write_text, fresh_dir, replace_dir
+from pipeline.method.costfiles import load_costs
+from pipeline.reporting.outputs import json_text, write_csv
+from pipeline.runs.checkpoints import HISTORY_FILE, RunStore
+from pipeline.runs.plan import baseline_job, finetune_inputs_digest, finetune_job
+from pipeline.runs.preflight import check_jobs
 from pipeline.stage import run_stage
-from pipeline.costfiles import load_costs
 
 CHOSEN_FILE = "chosen.json"
 TRIALS_FILE = "trials.csv"

@@ -1,7 +1,7 @@
 """DVC stage 'split': the manifest, one row per sample saying which split it belongs to."""
 
 from pipeline.config import Config
-from pipeline.prepare import make_manifest, write_manifest
+from pipeline.datasets.prepare import make_manifest, write_manifest
 from pipeline.stage import run_stage
 
 

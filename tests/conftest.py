@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline.costfiles import save_costs
+
+from pipeline.method.costfiles import save_costs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def ray_cluster(tmp_path_factory):
 def _stop_processes_mentioning(marker: str, grace: float = 5.0) -> None:
     """SIGTERM, then SIGKILL, the processes whose command line contains ``marker``, and every
     process below them (Ray's agents rename themselves, so only their ancestry says whose they are)."""
-    from pipeline.lifeline import descendants
+    from pipeline.cluster.lifeline import descendants
 
     def mentioning() -> list[int]:
         found = []
@@ -141,8 +142,8 @@ def run(command: list[str], cwd: Path, env: dict, timeout: int = 600) -> subproc
 def prepare_toy(root: Path) -> dict[str, str]:
     """Fetched toy data, its manifest and the green -> blue cost matrix under the project folder
     ``root``: the input paths of a TrainJob, relative to ``root`` as the stages write them."""
-    from pipeline.costs import CostMatrix
-    from pipeline.prepare import fetch_dataset, make_manifest, write_manifest
+    from pipeline.datasets.prepare import fetch_dataset, make_manifest, write_manifest
+    from pipeline.method.costs import CostMatrix
 
     fetch_dataset("toy", root / "raw" / "toy", seed=0)
     write_manifest(make_manifest("toy", root / "raw" / "toy", seed=0), root / "toy.parquet")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.attacks import (
+from pipeline.method.attacks import (
     AttackOutcome,
     L2Ball,
     LinfBall,

@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.calibration import (
+from pipeline.method.calibration import (
     T_MAX,
     T_MIN,
     CalibrationError,
     fit_temperature,
     temperature_nll,
 )
-from pipeline.decision import DecisionError, decide
+from pipeline.method.decision import DecisionError, decide
 
 
 def _overconfident(n: int = 4000, true_temperature: float = 3.0, seed: int = 0):

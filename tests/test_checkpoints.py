@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.checkpoints import (
+from pipeline.runs.checkpoints import (
     CheckpointError,
     RunStore,
     load_checkpoint,

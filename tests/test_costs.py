@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.costfiles import CSV_CORNER, build_cost_matrix, expert_from_yaml, load_costs, read_csv, save_costs, write_csv
-from pipeline.costs import MAX_COST, CostMatrix, CostMatrixError
+from pipeline.method.costfiles import (
+    CSV_CORNER,
+    build_cost_matrix,
+    expert_from_yaml,
+    load_costs,
+    read_csv,
+    save_costs,
+    write_csv,
+)
+from pipeline.method.costs import MAX_COST, CostMatrix, CostMatrixError
 
 ABC = ["a", "b", "c"]
 # Asymmetric on purpose: c(a, c) = 4 but c(c, a) = 5.

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pipeline.costs import CostMatrix
-from pipeline.decision import (
+from pipeline.method.costs import CostMatrix
+from pipeline.method.decision import (
     DECISION_RULES,
     DecisionError,
     argmax_decision,

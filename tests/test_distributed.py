@@ -7,11 +7,11 @@ from pathlib import Path
 
 import ray
 
+from pipeline.cluster.distributed import run_jobs, run_location, storage_root
 from pipeline.config import RayConfig
-from pipeline.distributed import run_jobs, run_location, storage_root
-from pipeline.jobs import TrainJob, run_name
-from pipeline.optim import OptimConfig
-from pipeline.train import train_func
+from pipeline.runs.jobs import TrainJob, run_name
+from pipeline.runs.optim import OptimConfig
+from pipeline.runs.train import train_func
 from tests.conftest import prepare_toy
 
 
@@ -45,7 +45,7 @@ def test_finished_runs_are_reused_without_starting_ray(tmp_path):
 def test_old_finished_runs_are_pruned_and_unfinished_or_used_ones_kept(tmp_path):
     import os
 
-    from pipeline.distributed import prune_runs
+    from pipeline.cluster.distributed import prune_runs
 
     for i, name in enumerate(["a", "b", "c", "d"]):
         (tmp_path / name / "outcome").mkdir(parents=True)

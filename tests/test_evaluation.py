@@ -6,20 +6,19 @@ import pytest
 import torch
 from scipy import stats
 
-from pipeline.costs import CostMatrix
-from pipeline.evaluation import (
+from pipeline.method.costs import CostMatrix
+from pipeline.method.metrics import MetricsError
+from pipeline.reporting.evaluation import (
     PAIR_COLUMNS,
     EvaluationError,
     RunPredictions,
     evaluate_run,
     metrics_summary,
     ordered_methods,
-    read_summary,
-    recommend,
     summarize_runs,
-    write_evaluation,
 )
-from pipeline.metrics import MetricsError
+from pipeline.reporting.outputs import read_summary, write_evaluation
+from pipeline.reporting.recommendation import recommend
 
 COST = CostMatrix(["a", "b", "c"], [[0, 1, 4], [2, 0, 1], [5, 3, 0]])
 # Pairs by cost: c->a 5, a->c 4, c->b 3, b->a 2, then a->b and b->c (1 each, row-major).

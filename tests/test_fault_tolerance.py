@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.checkpoints import (
+from pipeline.cluster.distributed import RunFailedError, run_jobs, run_location, storage_root
+from pipeline.config import RayConfig, SearchConfig, load_config
+from pipeline.runs.checkpoints import (
     CHECKPOINT_FILE,
     HISTORY_FILE,
     OUTCOME_DIR,
@@ -25,11 +27,9 @@ from pipeline.checkpoints import (
     RunStore,
     load_checkpoint,
 )
-from pipeline.config import RayConfig, SearchConfig, load_config
-from pipeline.distributed import RunFailedError, run_jobs, run_location, storage_root
-from pipeline.jobs import TrainJob
-from pipeline.optim import OptimConfig
-from pipeline.train import train_func
+from pipeline.runs.jobs import TrainJob
+from pipeline.runs.optim import OptimConfig
+from pipeline.runs.train import train_func
 from stages import baseline, costs, fetch, search, split
 from tests.conftest import TINY_METHODS, VENV_BIN, prepare_toy, run, tiny_repository
 

@@ -23,8 +23,14 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline import distributed, lifeline, runlocks
-from pipeline.checkpoints import (
+from pipeline.cluster import distributed, lifeline
+from pipeline.config import RayConfig
+from pipeline.datasets.common import DatasetError
+from pipeline.datasets.prepare import fetch_dataset, make_manifest, write_manifest
+from pipeline.method.costs import CostMatrix
+from pipeline.models.networks import ModelConfigError
+from pipeline.runs import runlocks
+from pipeline.runs.checkpoints import (
     CHECKPOINT_FILE,
     HISTORY_FILE,
     MODEL_FILE,
@@ -33,16 +39,11 @@ from pipeline.checkpoints import (
     RunStore,
     save_checkpoint,
 )
-from pipeline.config import RayConfig
-from pipeline.costs import CostMatrix
-from pipeline.datasets.common import DatasetError
-from pipeline.jobs import TrainJob, run_name
-from pipeline.models import ModelConfigError
-from pipeline.optim import OptimConfig
-from pipeline.preflight import check_jobs
-from pipeline.prepare import fetch_dataset, make_manifest, write_manifest
+from pipeline.runs.jobs import TrainJob, run_name
+from pipeline.runs.optim import OptimConfig
+from pipeline.runs.preflight import check_jobs
+from pipeline.runs.train import DivergedError, check_diverged, train_func
 from pipeline.stage import run_stage
-from pipeline.train import DivergedError, check_diverged, train_func
 from tests.conftest import prepare_toy
 
 
@@ -263,7 +264,7 @@ def test_a_run_folder_held_by_a_live_process_is_refused_naming_it(tmp_path):
 def test_the_lock_of_a_killed_process_is_taken_over_at_once(tmp_path):
     folder = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from pipeline.runlocks import locked_runs\n"
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from pipeline.runs.runlocks import locked_runs\n"
          f"with locked_runs([Path({str(folder)!r})]):\n    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:
@@ -285,7 +286,7 @@ def test_a_stage_stops_when_the_dvc_process_above_it_dies(tmp_path):
     stage = tmp_path / "stage.py"
     stage.write_text(textwrap.dedent("""
         import time
-        from pipeline import lifeline
+        from pipeline.cluster import lifeline
         assert lifeline.watch("train") is not None, "no dvc above this process"
         print("watching", flush=True)
         time.sleep(60)

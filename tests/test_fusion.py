@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import BasicBlock
 
-from pipeline.attacks import targeted_attack
-from pipeline.fusion import _StemConv2d, foldable_pairs, folded_batchnorm
-from pipeline.models import ResNet9, SmallCNN, build_resnet
+from pipeline.method.attacks import targeted_attack
+from pipeline.method.fusion import _StemConv2d, foldable_pairs, folded_batchnorm
+from pipeline.models.networks import ResNet9, SmallCNN, build_resnet
 
 
 def _randomise_batchnorms(model: nn.Module) -> nn.Module:

@@ -23,8 +23,8 @@ from pipeline.datasets import (
     image_folders,
     images,
 )
-from pipeline.models import build_model
-from pipeline.prepare import fetch_dataset, load_prepared, make_manifest
+from pipeline.datasets.prepare import fetch_dataset, load_prepared, make_manifest
+from pipeline.models.registry import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 

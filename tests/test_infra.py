@@ -299,14 +299,14 @@ def test_rayjob_entrypoint_reproduces_and_pushes_in_the_image_project():
     # KubeRay pastes the entrypoint unquoted into the submitter's shell line: an operator would
     # run part of it in the submitter pod instead of on the Ray cluster.
     assert not re.search(r"[;&|<>`]|\$\(", entrypoint)
-    assert shlex.split(entrypoint) == ["python", "-m", "pipeline.remote", "repro", "--repo", image_project_dir()]
+    assert shlex.split(entrypoint) == ["python", "-m", "pipeline.cluster.remote", "repro", "--repo", image_project_dir()]
     assert f"`{entrypoint}`" in " ".join(readme().split())
 
 
 def test_the_cluster_job_pushes_after_repro_and_says_when_there_is_no_remote(tmp_path, monkeypatch, capsys):
     import subprocess
 
-    from pipeline import remote
+    from pipeline.cluster import remote
 
     calls = []
     monkeypatch.setattr(subprocess, "run", lambda args, **kw: calls.append(args[3:]) or subprocess.CompletedProcess(args, 0))

@@ -7,9 +7,9 @@ import dataclasses
 import re
 import shutil
 
-from pipeline.codedeps import ROOT, code_digest, reachable_files
-from pipeline.jobs import TRAINING_MODULE, TrainJob, digest_files, fingerprint, run_name
-from pipeline.search import __name__ as SEARCH_MODULE
+from pipeline.cluster.search import __name__ as SEARCH_MODULE
+from pipeline.codedeps import ROOT, code_digest, module_file, reachable_files
+from pipeline.runs.jobs import TRAINING_MODULE, TrainJob, digest_files, fingerprint, run_name
 
 JOB = TrainJob(name="digits-csada-r0", dataset="digits", raw_dir="data/raw/digits", manifest="data/split/digits.parquet",
                cost_csv="data/costs/digits.csv", model="mlp", model_options={"hidden": 100}, pretrained=False,
@@ -29,11 +29,11 @@ def test_the_fingerprint_ignores_where_the_inputs_are_but_not_what_they_hold():
 
 def test_the_training_code_is_what_train_imports_and_nothing_else():
     files = {p.relative_to(ROOT).as_posix() for p in reachable_files({TRAINING_MODULE})}
-    assert {"pipeline/train.py", "pipeline/methods.py", "pipeline/attacks.py", "pipeline/models.py",
-            "pipeline/prepare.py", "pipeline/datasets/digits.py", "pipeline/checkpoints.py"} <= files
+    assert {"pipeline/runs/train.py", "pipeline/method/registry.py", "pipeline/method/attacks.py", "pipeline/models/registry.py",
+            "pipeline/datasets/prepare.py", "pipeline/datasets/digits.py", "pipeline/runs/checkpoints.py"} <= files
     # The report, the evaluation, the Ray edge and the stage plumbing never change what a run computes.
-    assert not files & {"pipeline/report.py", "pipeline/evaluation.py", "pipeline/distributed.py",
-                        "pipeline/stage.py", "pipeline/config.py", "pipeline/remote.py"}
+    assert not files & {"pipeline/reporting/report.py", "pipeline/reporting/evaluation.py", "pipeline/cluster/distributed.py",
+                        "pipeline/stage.py", "pipeline/config.py", "pipeline/cluster/remote.py"}
 
 
 def test_digest_files_follows_content(tmp_path):
@@ -68,10 +68,11 @@ def test_a_pure_move_changes_no_run_key(tmp_path):
     # Move the attacks into a new part, and the method registry's costs next to them.
     (root / "pipeline" / "moved").mkdir()
     (root / "pipeline" / "moved" / "__init__.py").write_text('"""A part made by a move."""\n')
-    for name in ("attacks", "costs"):
-        shutil.move(root / "pipeline" / f"{name}.py", root / "pipeline" / "moved" / f"{name}.py")
-        _rewrite(root, f"pipeline.{name}", f"pipeline.moved.{name}")
-    assert not (root / "pipeline" / "attacks.py").exists()
+    for name in ("pipeline.method.attacks", "pipeline.method.costs"):
+        leaf = name.rpartition(".")[2]
+        shutil.move(module_file(name, root), root / "pipeline" / "moved" / f"{leaf}.py")
+        _rewrite(root, name, f"pipeline.moved.{leaf}")
+    assert module_file("pipeline.method.attacks", root) is None
     assert "pipeline/moved/attacks.py" in {p.relative_to(root).as_posix() for p in reachable_files({TRAINING_MODULE}, root)}
     after = {module: code_digest(module, root) for module in (TRAINING_MODULE, SEARCH_MODULE)}
     assert after == before
@@ -82,22 +83,22 @@ def test_a_pure_move_changes_no_run_key(tmp_path):
 def test_splitting_a_module_by_whole_functions_or_rewording_changes_no_key(tmp_path):
     root = _copy_package(tmp_path)
     before = code_digest(TRAINING_MODULE, root)
-    optim = root / "pipeline" / "optim.py"
+    optim = module_file("pipeline.runs.optim", root)
     text = optim.read_text()
     last = ast.parse(text).body[-1]
     lines = text.splitlines(keepends=True)
     kept, moved = "".join(lines[: last.lineno - 1]), "".join(lines[last.lineno - 1:])
-    (root / "pipeline" / "optim_part.py").write_text(
-        '"""Split off optim.py."""\nfrom pipeline.optim import *  # noqa\n\n\n' + moved)
-    optim.write_text(kept + f"\n# {last.name} lives in optim_part now.\nfrom pipeline.optim_part import {last.name}\n")
-    assert "pipeline/optim_part.py" in {p.relative_to(root).as_posix() for p in reachable_files({TRAINING_MODULE}, root)}
+    (optim.parent / "optim_part.py").write_text(
+        '"""Split off optim.py."""\nfrom pipeline.runs.optim import *  # noqa\n\n\n' + moved)
+    optim.write_text(kept + f"\n# {last.name} lives in optim_part now.\nfrom pipeline.runs.optim_part import {last.name}\n")
+    assert "pipeline/runs/optim_part.py" in {p.relative_to(root).as_posix() for p in reachable_files({TRAINING_MODULE}, root)}
     assert code_digest(TRAINING_MODULE, root) == before
 
 
 def test_an_edit_to_code_that_runs_changes_the_key_and_a_comment_does_not(tmp_path):
     root = _copy_package(tmp_path)
     before = code_digest(TRAINING_MODULE, root)
-    optim = root / "pipeline" / "optim.py"
+    optim = module_file("pipeline.runs.optim", root)
     text = optim.read_text()
     assert "raise ValueError(f\"learning rate must be > 0" in text
     optim.write_text(text.replace("# A zero rate", "# A rate of zero"))

@@ -7,26 +7,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.attacks import targeted_attack
-from pipeline.costs import CostMatrixError, pair_weights
-from pipeline.methods import (
-    CSADA,
+from pipeline.method.attacks import targeted_attack
+from pipeline.method.costs import CostMatrixError, pair_weights
+from pipeline.method.csada import CSADA
+from pipeline.method.losses import (
     ERM,
-    FINETUNE_METHODS,
-    METHODS,
     SOSR,
     AdjustedPenalty,
-    LogitAdjusted,
     MethodContext,
     MethodError,
     Penalty,
-    SoftLabels,
-    build_method,
     cost_penalty,
     log_one_minus_softmax,
-    logit_adjusted_loss,
     sosr_loss,
 )
+from pipeline.method.peers import LogitAdjusted, SoftLabels, logit_adjusted_loss
+from pipeline.method.registry import FINETUNE_METHODS, METHODS, build_method
 
 COST = torch.tensor([[0.0, 2.0, 1.0], [0.5, 0.0, 4.0], [3.0, 1.0, 0.0]])
 

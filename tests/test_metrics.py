@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.costs import CostMatrix
-from pipeline.metrics import (
+from pipeline.method.costs import CostMatrix
+from pipeline.method.metrics import (
     MetricsError,
     Summary,
     aggregate_replications,

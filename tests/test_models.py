@@ -1,4 +1,4 @@
-"""Tests for pipeline/models.py: shapes, determinism, registry errors, fine-tuning helpers,
+"""Tests for pipeline/models/registry.py: shapes, determinism, registry errors, fine-tuning helpers,
 the SOSR cost-regression wrapper and the offline handling of pretrained weights."""
 
 from __future__ import annotations
@@ -15,24 +15,23 @@ import torchvision
 from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet34_Weights
 
-from pipeline.models import (
-    MODELS,
+from pipeline.models.networks import (
     CostRegressionModel,
     ModelConfigError,
     ResNet9,
     SmallCNN,
     ToyMLP,
-    build_model,
     build_resnet,
     classifier_head,
     freeze_all_but_head,
     unfreeze_all,
 )
-from pipeline.pretrained import (
+from pipeline.models.pretrained import (
     PretrainedWeightsUnavailable,
     load_pretrained_state_dict,
     pretrained_cache_path,
 )
+from pipeline.models.registry import MODELS, build_model
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 
 The stage scripts run in-process on the offline digits in a folder laid out as paper/ is (data,
 models and results beside its params); their Ray sweeps are replaced by the same jobs trained one
-after another in this process (pipeline.distributed.run_jobs is tested with Ray elsewhere).
+after another in this process (pipeline.cluster.distributed.run_jobs is tested with Ray elsewhere).
 """
 
 from __future__ import annotations
@@ -15,18 +15,18 @@ import pytest
 import torch
 import yaml
 
-from pipeline.checkpoints import RunStore
-from pipeline.claims import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, pair_claims
 from pipeline.config import ConfigError, load_config
-from pipeline.experiments import (
+from pipeline.paper.claims import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, pair_claims
+from pipeline.paper.experiments import (
     confused_pairs,
     curve_summary,
     pair_error_rates,
     removed_share,
 )
-from pipeline.jobs import run_name
-from pipeline.optim import OptimConfig
-from pipeline.train import train_func
+from pipeline.runs.checkpoints import RunStore
+from pipeline.runs.jobs import run_name
+from pipeline.runs.optim import OptimConfig
+from pipeline.runs.train import train_func
 from stages import (
     costs,
     fetch,
@@ -148,7 +148,7 @@ def test_experiment_runs_keep_their_last_epoch_and_the_baselines_stop_when_they_
 
 
 def test_a_run_that_stops_on_fit_trains_no_further_after_a_resume(tmp_path):
-    from pipeline.jobs import TrainJob
+    from pipeline.runs.jobs import TrainJob
     from tests.conftest import prepare_toy
 
     paths = prepare_toy(tmp_path)
@@ -167,7 +167,7 @@ def test_a_run_that_stops_on_fit_trains_no_further_after_a_resume(tmp_path):
 
 
 def test_a_job_that_tracks_the_test_split_scores_it_every_epoch(tmp_path):
-    from pipeline.jobs import TrainJob
+    from pipeline.runs.jobs import TrainJob
     from tests.conftest import prepare_toy
 
     paths = prepare_toy(tmp_path)

@@ -113,7 +113,7 @@ def test_an_edit_to_the_report_code_reruns_only_the_report(repo):
     work, env = repo
     run(["git", "checkout", "-q", "-f", "HEAD"], work, env)  # undo the experiment in the workspace ...
     run(["dvc", "checkout", "-q", "--force", "dvc.yaml"], work, env)  # ... and its models
-    with open(work / "pipeline/report.py", "a") as handle:
+    with open(work / "pipeline/reporting/report.py", "a") as handle:
         handle.write("\n# an edit to how the report is rendered\n")
     result = run(["dvc", "repro"], work, env)
     ran = sorted(line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage"))

@@ -1,4 +1,4 @@
-"""Tests for pipeline.prepare: fetch -> manifest -> load_prepared for every dataset, offline."""
+"""Tests for pipeline.datasets.prepare: fetch -> manifest -> load_prepared for every dataset, offline."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pipeline.datasets import (
     pmi,
     tables,
 )
-from pipeline.prepare import (
+from pipeline.datasets.prepare import (
     FETCHED_FILE,
     MANIFEST_COLUMNS,
     check_manifest,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.attacks import AttackOutcome
 from pipeline.datasets.toy import load_toy
-from pipeline.proof_of_concept import (
+from pipeline.method.attacks import AttackOutcome
+from pipeline.paper.proof_of_concept import (
     HARDER_MEANS,
     ToySettings,
     attack_green_to_blue,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.remote import (
+from pipeline.cluster.remote import (
     AWS_ENV_VARS,
     BucketNotFoundError,
     RemoteConfigError,
@@ -330,7 +330,7 @@ def test_push_then_pull_into_an_empty_workspace_restores_everything(s3, dvc_repo
     assert "in sync" in outputs[-2].stdout
     assert "didn't change, skipping" in outputs[-1].stdout and "Running stage" not in outputs[-1].stdout
 
-    cli = run([sys.executable, "-m", "pipeline.remote", "check", "--repo", str(repo)], repo,
+    cli = run([sys.executable, "-m", "pipeline.cluster.remote", "check", "--repo", str(repo)], repo,
               dict(os.environ))
     assert "remote 'storage'" in cli.stdout and "credentials from env" in cli.stdout
     config = (repo / ".dvc/config").read_text()
@@ -351,7 +351,7 @@ def test_push_without_credentials_fails_and_check_says_why(s3, dvc_repo):
     push = subprocess.run([str(VENV_BIN / "dvc"), "push"], cwd=dvc_repo, env=env, capture_output=True, text=True,
                           timeout=120)
     assert push.returncode != 0 and "Unable to locate credentials" in push.stderr
-    check = subprocess.run([sys.executable, "-m", "pipeline.remote", "check"], cwd=dvc_repo, env=env,
+    check = subprocess.run([sys.executable, "-m", "pipeline.cluster.remote", "check"], cwd=dvc_repo, env=env,
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 1
     assert "error: remote 'storage'" in check.stderr and "no AWS credentials found" in check.stderr
@@ -367,11 +367,11 @@ def test_training_runs_keep_their_state_in_s3_and_a_finished_one_is_reused(s3, r
 
     import ray
 
-    from pipeline.checkpoints import load_checkpoint
+    from pipeline.cluster.distributed import run_jobs
     from pipeline.config import RayConfig
-    from pipeline.distributed import run_jobs
-    from pipeline.jobs import TrainJob, run_name
-    from pipeline.optim import OptimConfig
+    from pipeline.runs.checkpoints import load_checkpoint
+    from pipeline.runs.jobs import TrainJob, run_name
+    from pipeline.runs.optim import OptimConfig
     from tests.conftest import prepare_toy
 
     _use_keys(monkeypatch, s3.key_id, s3.secret)
@@ -400,7 +400,7 @@ def test_training_runs_keep_their_state_in_s3_and_a_finished_one_is_reused(s3, r
 
 
 def test_cli_prints_the_storage_uri_and_fails_clearly(tmp_path, capsys):
-    from pipeline.remote import main
+    from pipeline.cluster.remote import main
 
     assert main(["ray-uri", "--url", "s3://bucket/ray", "--endpoint-url", "http://127.0.0.1:9000"]) == 0
     assert capsys.readouterr().out == "s3://bucket/ray?endpoint_override=127.0.0.1:9000&scheme=http\n"

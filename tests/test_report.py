@@ -3,10 +3,11 @@ import re
 import pytest
 import torch
 
-from pipeline.costs import CostMatrix
 from pipeline.errors import UserError
-from pipeline.evaluation import RunPredictions, write_evaluation
-from pipeline.report import one_screen_summary, render_report, write_report
+from pipeline.method.costs import CostMatrix
+from pipeline.reporting.evaluation import RunPredictions
+from pipeline.reporting.outputs import write_evaluation
+from pipeline.reporting.report import one_screen_summary, render_report, write_report
 
 COST = CostMatrix(["a", "b", "c"], [[0, 1, 4], [2, 0, 1], [5, 3, 0]])
 # Costliest pairs: c -> a (5), a -> c (4), c -> b (3).
@@ -177,7 +178,7 @@ def test_the_report_shows_what_the_search_chose():
 
 
 def test_the_console_recommendation_lines_fit_the_screen():
-    from pipeline.report import recommendation_line
+    from pipeline.reporting.report import recommendation_line
 
     lines = recommendation_line(recommendation(upper=0.002)).splitlines()
     assert lines[0] == "recommended on validation: CSADA, decision rule argmax"

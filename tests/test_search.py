@@ -5,10 +5,7 @@ import math
 
 import pytest
 
-from pipeline.config import MethodConfig, load_config
-from pipeline.methods import FINETUNE_METHODS, METHODS
-from pipeline.optim import OptimConfig
-from pipeline.search import (
+from pipeline.cluster.search import (
     SEARCH_SPACES,
     Dimension,
     SearchError,
@@ -21,6 +18,9 @@ from pipeline.search import (
     search_space,
     starting_point,
 )
+from pipeline.config import MethodConfig, load_config
+from pipeline.method.registry import FINETUNE_METHODS, METHODS
+from pipeline.runs.optim import OptimConfig
 
 CSADA = MethodConfig(name="csada", optim=OptimConfig(epochs=8, lr=1e-4),
                      options={"adv_weight": 2.0, "temperature": 3.0, "eps": 50.0, "steps": 10, "step_size": 0.05})
@@ -108,9 +108,9 @@ def test_params_overrides_are_pinned_and_the_search_section_is_validated(tmp_pat
 
 
 def test_a_search_is_keyed_by_what_it_depends_on():
+    from pipeline.cluster.search import records_from_json, records_to_json, search_key
     from pipeline.config import SearchConfig
-    from pipeline.jobs import TrainJob
-    from pipeline.search import records_from_json, records_to_json, search_key
+    from pipeline.runs.jobs import TrainJob
 
     base = TrainJob(name="d-csada-search", dataset="digits", raw_dir="r", manifest="m", cost_csv="c", model="mlp",
                     model_options={}, pretrained=False, method="csada", method_options=dict(CSADA.options),

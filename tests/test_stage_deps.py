@@ -195,10 +195,10 @@ def test_the_stage_reading_a_user_file_depends_on_its_folder(pipeline):
 
 
 def test_the_import_walk_finds_indirect_and_relative_imports():
-    # pipeline.methods imports pipeline.attacks, which imports pipeline.fusion; the datasets
+    # pipeline.method.registry imports pipeline.method.attacks, which imports pipeline.method.fusion; the datasets
     # package imports its modules relatively.
-    reached = {_relative(path) for path in reachable_files({"pipeline.methods"})}
-    assert {"pipeline/methods.py", "pipeline/attacks.py", "pipeline/fusion.py"} <= reached
+    reached = {_relative(path) for path in reachable_files({"pipeline.method.registry"})}
+    assert {"pipeline/method/registry.py", "pipeline/method/attacks.py", "pipeline/method/fusion.py"} <= reached
     files = {_relative(p) for p in reachable_files({"pipeline.datasets"})}
     assert {"pipeline/datasets/toy.py", "pipeline/datasets/adapter.py", "pipeline/fileio.py"} <= files
 
@@ -217,5 +217,5 @@ def test_the_params_reading_walk_sees_sections_fields_and_the_recipe():
 
 def test_the_report_rendering_is_code_of_the_report_stage_alone():
     # An edit to how the report is rendered must not re-run the evaluation or retrain anything.
-    users = [stage for stage in PIPELINE if "pipeline/report.py" in code_needed(stage)]
+    users = [stage for stage in PIPELINE if "pipeline/reporting/report.py" in code_needed(stage)]
     assert users == ["report"]

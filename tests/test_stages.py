@@ -15,12 +15,12 @@ import pytest
 import torch
 import yaml
 
-from pipeline.checkpoints import RunStore
 from pipeline.config import ConfigError, load_config
-from pipeline.jobs import run_name
-from pipeline.prepare import load_prepared
-from pipeline.train import train_func
-from pipeline.costfiles import load_costs
+from pipeline.datasets.prepare import load_prepared
+from pipeline.method.costfiles import load_costs
+from pipeline.runs.checkpoints import RunStore
+from pipeline.runs.jobs import run_name
+from pipeline.runs.train import train_func
 from stages import baseline, costs, evaluate, fetch, finetune, report, search, split
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.checkpoints import (
+from pipeline.datasets import ArrayDataset
+from pipeline.method.costfiles import save_costs
+from pipeline.method.costs import CostMatrix
+from pipeline.method.registry import FINETUNE_METHODS
+from pipeline.runs.checkpoints import (
     CHECKPOINT_FILE,
     HISTORY_FILE,
     MODEL_FILE,
@@ -17,15 +21,11 @@ from pipeline.checkpoints import (
     RunStore,
     save_checkpoint,
 )
-from pipeline.costs import CostMatrix
-from pipeline.datasets import ArrayDataset
-from pipeline.jobs import TrainJob
-from pipeline.methods import FINETUNE_METHODS
-from pipeline.optim import OptimConfig
-from pipeline.sessions import LocalSession
-from pipeline.train import Progress, loader_options, train_func, validation_metrics
+from pipeline.runs.jobs import TrainJob
+from pipeline.runs.optim import OptimConfig
+from pipeline.runs.sessions import LocalSession
+from pipeline.runs.train import Progress, loader_options, train_func, validation_metrics
 from tests.conftest import prepare_toy
-from pipeline.costfiles import save_costs
 
 CSADA_OPTIONS = dict(adv_weight=1.0, temperature=1.0, eps=1.5, steps=3, step_size=0.05, pairs="stochastic")
 

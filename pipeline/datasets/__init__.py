@@ -2,7 +2,7 @@
 
 Every loader returns the common :class:`ClassificationData`. Each module's adapter
 (:class:`~pipeline.datasets.adapter.DatasetAdapter`) owns the dataset's fetch, its inventory and
-its load, so the pipeline (:mod:`pipeline.prepare`) never branches on a dataset's name. Adding a
+its load, so the pipeline (:mod:`pipeline.datasets.prepare`) never branches on a dataset's name. Adding a
 dataset is one new module and one line below.
 
 Heavy libraries (torchvision, PIL, pandas, scikit-learn) are imported inside the loaders that use

@@ -3,11 +3,11 @@
 A :class:`DatasetAdapter` owns three things for its dataset:
 
 * **fetch**: materialise the data in a fresh work folder (from ``data.source``, a download, a
-  generator or a bundled copy). :func:`pipeline.prepare.fetch_dataset` does the rest that is the
+  generator or a bundled copy). :func:`pipeline.datasets.prepare.fetch_dataset` does the rest that is the
   same for all: checks, the work folder, ``FETCHED.json`` with checksums, the atomic swap.
 * **inventory**: read back what fetch wrote without decoding inputs: class names, labels in the
   dataset's canonical sample order, image paths where samples are files, and the splits the data
-  itself fixes. :func:`pipeline.prepare.make_manifest` turns it into the manifest via ``split``.
+  itself fixes. :func:`pipeline.datasets.prepare.make_manifest` turns it into the manifest via ``split``.
 * **load**: the :class:`~pipeline.datasets.common.ClassificationData` for given row positions
   per split (from the manifest).
 

@@ -1,0 +1,106 @@
+"""A stage stops when the ``dvc`` process that started it dies.
+
+``kill -9`` of ``dvc repro`` leaves its stage running: the stage's parent is a shell that DVC
+started, or the stage itself, and neither hears of it. An orphaned stage would go on training
+(its local Ray cluster with it) and race the next ``dvc repro`` for the same run folders. So a
+stage started under ``dvc`` watches the chain of processes from its parent up to that ``dvc``
+and, once one of them is gone, says so and exits; Ray's processes share the fate of
+the process that started them, and the run folders' locks (pipeline.runs.runlocks) die with it.
+
+A stage started without ``dvc`` above it (``python stages/x.py``, ``nohup``) is not watched:
+closing a terminal must not stop a run the user detached on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+POLL_S = 1.0
+
+
+def _stat(pid: int) -> tuple[int, str] | None:
+    """(parent pid, start time) of a live process, from /proc; None when it is gone (or a zombie)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the command name in (...) may hold spaces
+    return None if fields[0] == "Z" else (int(fields[1]), fields[19])
+
+
+def _is_dvc(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    names = [os.path.basename(arg.decode(errors="replace")) for arg in argv[:3]]
+    return "dvc" in names
+
+
+def dvc_chain(pid: int | None = None) -> list[tuple[int, str]]:
+    """(pid, start time) of each ancestor of ``pid`` (default: this process) up to the nearest
+    ``dvc`` process, inclusive; empty when no ``dvc`` is above it or /proc is absent."""
+    chain: list[tuple[int, str]] = []
+    current = _stat(os.getpid() if pid is None else pid)
+    while current is not None and current[0] > 1:
+        parent = current[0]
+        current = _stat(parent)
+        if current is None:
+            return []
+        chain.append((parent, current[1]))
+        if _is_dvc(parent):
+            return chain
+    return []
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            children.setdefault(stat[0], []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def stop_now() -> None:
+    """End this process and every process it started (a local Ray cluster: its GCS, raylet,
+    agents and trial workers), at once: SIGTERM would have Ray print stack dumps and wait for
+    cleanups nobody needs. The run folders' locks die with us, and what a write left half done is
+    removed by the next run (RunStore.remove_partials)."""
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    os._exit(1)
+
+
+def watch(stage: str, chain: list[tuple[int, str]] | None = None) -> threading.Thread | None:
+    """End this process (exit status 1) once a process of ``chain`` (default: :func:`dvc_chain`)
+    is gone or replaced; the watching thread, or None when there is nothing to watch."""
+    chain = dvc_chain() if chain is None else chain
+    if not chain:
+        return None
+
+    def loop() -> None:
+        while True:
+            time.sleep(POLL_S)
+            for pid, started in chain:
+                now = _stat(pid)
+                if now is None or now[1] != started:
+                    print(f"stage {stage}: its dvc process (pid {chain[-1][0]}) is gone: stopping, with its "
+                          "training runs", file=sys.stderr, flush=True)
+                    stop_now()
+
+    thread = threading.Thread(target=loop, name="csada-lifeline", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,64 @@
+"""The recommendation: the (method, decision rule) of lowest validation WER, and its test
+results beside the baseline's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pipeline.method.metrics import (
+    mean_interval,
+)
+from pipeline.reporting.evaluation import BASELINE, BASELINE_RULE, RULES, EvaluationError
+
+
+def recommend(validation: Mapping[str, Mapping[str, float]], methods: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The (method, decision rule) of lowest mean validation WER over its replications.
+
+    ``validation`` maps a run name to ``{rule: validation WER}``; ``methods`` a method to its run
+    names. The baseline (under any rule) wins every tie, so the recommendation is never worse
+    than the baseline on validation.
+    """
+    means = {(method, rule): float(np.mean([validation[run][rule] for run in runs]))
+             for method, runs in methods.items() for rule in RULES}
+    order = sorted(means, key=lambda pair: (means[pair], pair[0] != BASELINE, RULES.index(pair[1])))
+    method, rule = order[0]
+    return {"method": method, "decision_rule": rule, "val_wer": means[order[0]],
+            "val_wer_by_choice": {f"{m}/{r}": v for (m, r), v in sorted(means.items())}}
+
+
+def recommendation_record(choice: Mapping[str, Any], evaluation: Mapping[str, Any],
+                          validation: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """``choice`` (from :func:`recommend`) with its test results beside the baseline's.
+
+    ``baseline`` is the baseline model under :data:`BASELINE_RULE`, what the user had before.
+    ``paired_difference`` is the recommended model's test WER minus the baseline's, per
+    replication (each fine-tuning run starts from that baseline, so the pairs share it): mean and
+    the 90% Student-t confidence interval of the mean (:func:`pipeline.method.metrics.mean_interval`).
+    ``includes_zero`` says the interval does not exclude "no difference"; with one run there is
+    no interval (``n`` 1, lower = upper = mean, ``includes_zero`` null).
+    """
+    method, rule = choice["method"], choice["decision_rule"]
+    if BASELINE not in evaluation:
+        raise EvaluationError("the recommendation compares with the baseline, and there is no baseline run")
+    base_run = next(iter(evaluation[BASELINE]["runs"].values()))[BASELINE_RULE]
+    runs = evaluation[method]["runs"]
+    differences = mean_interval([values[rule]["wer"] - base_run["wer"] for values in runs.values()])
+    accuracy_gain = mean_interval([values[rule]["accuracy"] - base_run["accuracy"] for values in runs.values()])
+    return {
+        **dict(choice),
+        "test_wer": float(np.mean([values[rule]["wer"] for values in runs.values()])),
+        "test_accuracy": float(np.mean([values[rule]["accuracy"] for values in runs.values()])),
+        "replications": len(runs),
+        "baseline": {"decision_rule": BASELINE_RULE, "val_wer": float(validation[BASELINE][BASELINE_RULE]),
+                     "test_wer": float(base_run["wer"]), "test_accuracy": float(base_run["accuracy"])},
+        "paired_difference": {"mean": differences.mean, "lower": differences.lower, "upper": differences.upper,
+                              "n": differences.n,
+                              "includes_zero": (bool(differences.lower <= 0 <= differences.upper)
+                                                if differences.n > 1 else None)},
+        "accuracy_difference": {"mean": accuracy_gain.mean, "lower": accuracy_gain.lower,
+                                "upper": accuracy_gain.upper, "n": accuracy_gain.n},
+    }
