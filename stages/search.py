@@ -49,8 +49,9 @@ def unsearched(method: MethodConfig, note: str = "not searched (search.max_trial
 
 
 def trial_rows(method: MethodConfig, records: list[TrialRecord]) -> list[dict]:
-    """trials.csv rows: one per trial, its searched values as ``value.<key>`` columns."""
-    return [{"method": method.name, "trial": r.number, **{f"value.{k}": v for k, v in r.values.items()},
+    """trials.csv rows: one per trial, its searched values as ``value.<key>`` columns in name order
+    (a search read back from its record lists them so too: the file is the same either way)."""
+    return [{"method": method.name, "trial": r.number, **{f"value.{k}": r.values[k] for k in sorted(r.values)},
              "epochs_run": r.epochs_run, "best_epoch": None if r.best_epoch is None else r.best_epoch + 1,
              "score": r.score if math.isfinite(r.score) else None, "val_wer": r.val_wer,
              "val_accuracy": r.val_accuracy, "feasible": r.feasible, "stopped_early": r.stopped_early,
