@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.method.attacks import targeted_attack
-from pipeline.method.costs import CostMatrixError, pair_weights
+from pipeline.method.costs import CostMatrixError, pair_weights, smoothed_error_rates
 from pipeline.method.csada import CSADA
 from pipeline.method.losses import (
     ERM,
@@ -303,7 +303,9 @@ def test_the_context_reaches_the_methods_that_use_it():
 
 def test_registry_options_are_the_methods_own():
     assert METHODS["csada"].options() == ("adv_weight", "temperature", "eps", "steps", "step_size", "norm",
-                                          "step_rule", "pairs", "normalization")
+                                          "step_rule", "pairs", "normalization", "bn", "passes", "input_clip",
+                                          "pair_weights")
+    assert METHODS["penalty"].options() == ("normalization",)
     assert METHODS["ap"].options() == ("alpha",)
     assert METHODS["sosr"].options() == () and METHODS["erm"].options() == ()
     assert METHODS["soft_labels"].options() == ("beta",) and METHODS["logit_adjusted"].options() == ()
@@ -466,3 +468,122 @@ def test_logit_adjusted_training_avoids_the_costliest_error():
     la_errors, la_cost = fit(build_method("logit_adjusted", {}, MethodContext(cost=cost)))
     assert erm_errors > 50  # the problem does make ERM pay for the costly pair (125 of 1000)
     assert la_errors < erm_errors / 3 and la_cost < 0.8 * erm_cost  # 17 errors; mean cost 0.43 against 0.64
+
+
+# --- how the model runs: BatchNorm frozen, separate passes, input clipping (the authors' code) ----
+
+def bn_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(2, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def bn_batch(model, seed=1):
+    """A batch the model (in eval mode) gets right, holding classes 1 and 2 (the pairs tested)."""
+    model.eval()
+    x, y = tiny_batch(model, seed)
+    model.train()
+    assert {1, 2} <= set(y.tolist())
+    return x, y
+
+
+def test_bn_frozen_switches_to_eval_at_the_first_attack_and_stays_there_until_the_next_epoch():
+    model = bn_model()
+    x, y = bn_batch(model)
+    method = CSADA(cost=COST, eps=1.0, steps=3, step_size=0.1, bn="frozen", passes="separate", seed=0)
+    bn = model[1]
+    before = bn.running_mean.clone()
+    method.stochastic_loss(model, x, y, (1, 2))
+    assert not model.training  # left in eval mode, as the authors' attack leaves it
+    after_first = bn.running_mean.clone()
+    assert not torch.equal(after_first, before)  # the first clean pass ran in train mode
+    method.stochastic_loss(model, x, y, (2, 1))
+    assert torch.equal(bn.running_mean, after_first)  # from then on the statistics are frozen
+
+
+def test_bn_train_keeps_train_mode_and_updates_the_statistics_every_batch():
+    model = bn_model()
+    x, y = bn_batch(model)
+    method = CSADA(cost=COST, eps=1.0, steps=3, step_size=0.1, bn="train", passes="separate", seed=0)
+    method.stochastic_loss(model, x, y, (1, 2))
+    first = model[1].running_mean.clone()
+    method.stochastic_loss(model, x, y, (2, 1))
+    assert model.training and not torch.equal(model[1].running_mean, first)
+
+
+def test_separate_and_joint_passes_agree_without_batchnorm_and_differ_with_it():
+    for make, same in ((tiny_model, True), (bn_model, False)):
+        losses = []
+        for passes in ("joint", "separate"):
+            model = make()
+            x, y = bn_batch(model)
+            method = CSADA(cost=COST, eps=1.0, steps=3, step_size=0.1, passes=passes, seed=0)
+            losses.append(method.stochastic_loss(model, x, y, (1, 2))[0].detach())
+        assert torch.allclose(losses[0], losses[1], atol=1e-6) is same
+
+
+def test_bn_frozen_needs_separate_passes_and_options_are_checked():
+    with pytest.raises(MethodError, match="bn 'frozen' runs clean and adversarial inputs in separate passes"):
+        CSADA(cost=COST, bn="frozen")
+    with pytest.raises(MethodError, match="bn must be one of train, frozen; got 'eval'"):
+        CSADA(cost=COST, bn="eval")
+    with pytest.raises(MethodError, match="pair_weights must be one of cost, errors"):
+        CSADA(cost=COST, pair_weights="count")
+    with pytest.raises(MethodError, match="normalization must be one of batch, class"):
+        Penalty(cost=COST, normalization="mean")
+
+
+def test_input_clip_keeps_the_attack_inside_the_valid_range_only_when_asked():
+    model = tiny_model()
+    x, y = tiny_batch(model)
+    bounds = (torch.tensor(-0.5), torch.tensor(0.5))
+    x = x.clamp(-0.5, 0.5)
+    y = model(x).argmax(1)
+    for clip, inside in ((True, True), (False, False)):
+        method = CSADA(cost=COST, eps=5.0, steps=5, step_size=2.0, clamp=bounds, input_clip=clip, seed=0)
+        result = method.attack(model, x, y, (y + 1) % 3)
+        assert bool(((result.x_adv >= -0.5 - 1e-6) & (result.x_adv <= 0.5 + 1e-6)).all()) is inside
+
+
+# --- error-aware pair weights (beyond the paper) ------------------------------------------------
+
+def test_smoothed_error_rates_by_hand():
+    labels = torch.tensor([0, 0, 0, 1])
+    predictions = torch.tensor([0, 1, 1, 1])
+    rates = smoothed_error_rates(predictions, labels, 3)
+    # class 0: counts (1, 2, 0) of 3 samples -> (2, 3, 1) / 6; class 1: (0, 1, 0) -> (1, 2, 1) / 4; class 2: 1/3
+    assert torch.allclose(rates[0], torch.tensor([2, 3, 1], dtype=torch.float64) / 6)
+    assert torch.allclose(rates[1], torch.tensor([1, 2, 1], dtype=torch.float64) / 4)
+    assert torch.allclose(rates[2], torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+def test_error_aware_weights_are_cost_to_the_tau_times_the_error_rate():
+    method = CSADA(cost=COST, temperature=2.0, pair_weights="errors", seed=0)
+    assert method.needs_start_predictions and not CSADA(cost=COST).needs_start_predictions
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    logits = F.one_hot(torch.tensor([1, 1, 1, 2, 2, 2]), 3).float()  # class 0 -> 1 twice, 1 -> 2 once
+    method.start_training(logits, labels)
+    rates = smoothed_error_rates(torch.tensor([1, 1, 1, 2, 2, 2]), labels, 3)
+    expected = COST.double() ** 2 * rates * (1 - torch.eye(3, dtype=torch.float64))
+    assert torch.allclose(method.weights.double(), expected / expected.sum(), atol=1e-6)
+    plain = CSADA(cost=COST, temperature=2.0, seed=0)
+    plain.start_training(logits, labels)  # the cost weighting ignores predictions
+    assert torch.allclose(plain.weights, pair_weights(COST.double(), 2.0).float())
+
+
+# --- the penalty as the authors' pair sweep normalises it ---------------------------------------
+
+def test_penalty_class_normalization_is_the_mean_over_the_costly_class():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 3.0]])
+    y = torch.tensor([0, 0, 1, 2])
+    single = torch.zeros(3, 3)
+    single[0, 1] = 1.0  # the pair (a, b) = (0, 1)
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return logits
+
+    p_b = torch.softmax(logits, 1)[:, 1]
+    by_class = Penalty(cost=single, normalization="class").loss(Fixed(), logits, y)[0]
+    assert torch.allclose(by_class, -torch.log(1 - p_b[:2]).mean())  # mean over the 2 class-0 samples
+    by_batch = Penalty(cost=single).loss(Fixed(), logits, y)[0]
+    assert torch.allclose(by_batch, -torch.log(1 - p_b[:2]).sum() / 4)

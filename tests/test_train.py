@@ -201,3 +201,26 @@ def test_loader_options_follow_the_workers_share_of_the_machine():
                                                              "pin_memory": False}
     assert loader_options(files, 1, torch.device("cuda"))["pin_memory"] is True
     assert loader_options(files, 1, torch.device("cpu"))["num_workers"] == 0  # the one CPU trains
+
+
+def test_error_aware_pair_weights_come_from_the_starting_models_validation_errors(project, baseline_checkpoint,
+                                                                                   tmp_path, monkeypatch):
+    """The run hands the method its starting model's validation outputs once, before training,
+    and resuming computes the same (from the starting checkpoint, not the resumed state)."""
+    from pipeline.method.csada import CSADA
+
+    seen = []
+    original = CSADA.start_training
+
+    def spy(self, val_logits, val_labels):
+        seen.append((val_logits.argmax(1).clone(), val_labels.clone()))
+        original(self, val_logits, val_labels)
+
+    monkeypatch.setattr(CSADA, "start_training", spy)
+    options = {**CSADA_OPTIONS, "pair_weights": "errors"}
+    train(project, job(project, epochs=1, method_options=options, init_checkpoint=baseline_checkpoint),
+          tmp_path / "errors")
+    train(project, job(project, epochs=1, init_checkpoint=baseline_checkpoint), tmp_path / "cost")
+    assert len(seen) == 1  # only the error-aware run asked
+    predictions, labels = seen[0]
+    assert len(labels) > 0 and (predictions == labels).float().mean() > 0.9  # the trained baseline's outputs

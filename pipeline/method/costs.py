@@ -322,12 +322,16 @@ def _lookup(names: tuple[str, ...], name: Any, where: str) -> int:
     return names.index(text)
 
 
-def pair_weights(cost: torch.Tensor, temperature: float) -> torch.Tensor:
+def pair_weights(cost: torch.Tensor, temperature: float, error_rates: torch.Tensor | None = None) -> torch.Tensor:
     """c~(y, z) = c(y, z)^tau / sum over all pairs of c^tau (section 3, objective (5)).
 
     A larger temperature concentrates the weight on the costliest pairs; the diagonal stays 0.
     Scaling by the largest cost first cancels in the ratio and keeps c^tau from overflowing for
     heavy-tailed (Pareto) costs and large tau.
+
+    ``error_rates`` (K x K, beyond the paper): weight each pair by how often the model makes that
+    error too, c(y, z)^tau * r(y, z), so that augmentation goes where costly errors happen rather
+    than to a costly pair the model never confuses (:func:`smoothed_error_rates`).
     """
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise CostMatrixError(f"temperature (tau) must be a finite number > 0, got {temperature!r}")
@@ -337,4 +341,19 @@ def pair_weights(cost: torch.Tensor, temperature: float) -> torch.Tensor:
         raise CostMatrixError("the cost matrix has no positive off-diagonal entry: nothing to be "
                               "cost-sensitive about")
     powered = (off_diagonal / largest) ** temperature
+    if error_rates is not None:
+        if error_rates.shape != cost.shape or not bool((error_rates >= 0).all()):
+            raise CostMatrixError(f"error rates must be a non-negative {tuple(cost.shape)} matrix, "
+                                  f"got shape {tuple(error_rates.shape)}")
+        powered = powered * error_rates.to(powered.dtype)
     return powered / powered.sum()
+
+
+def smoothed_error_rates(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """r(y, z) = (n(y, z) + 1) / (n(y) + K): the share of class-y samples predicted z, with one
+    pseudo-count per cell (Laplace), so a pair never seen confused keeps a small weight instead
+    of none, and a class without samples gets 1/K everywhere."""
+    counts = torch.zeros(num_classes, num_classes, dtype=torch.float64)
+    counts.index_put_((labels.long().cpu(), predictions.long().cpu()), torch.ones(len(labels), dtype=torch.float64),
+                      accumulate=True)
+    return (counts + 1) / (counts.sum(1, keepdim=True) + num_classes)

@@ -11,12 +11,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pipeline.method.attacks import NORMS, STEP_RULES, AttackOutcome, targeted_attack
-from pipeline.method.costs import pair_weights
+from pipeline.method.costs import pair_weights, smoothed_error_rates
 from pipeline.method.losses import MethodError, Stats, _Plain
 from pipeline.models.networks import unwrap_model
 
 NORMALIZATIONS = ("unbiased", "attacked_mean")
 PAIR_MODES = ("stochastic", "full")  # Algorithm 3 (one drawn pair per batch) or Algorithm 2
+BN_MODES = ("train", "frozen")
+PASSES = ("joint", "separate")
+PAIR_WEIGHTINGS = ("cost", "errors")
 
 
 @dataclass
@@ -45,8 +48,23 @@ class CSADA(_Plain):
       samples); the paper's lambda values were tuned with it.
 
     Samples Algorithm 1 skips (misclassified) enter with delta = 0, as (5) says.
-    Clean and adversarial inputs share one forward pass; with BatchNorm in train mode
-    their batch statistics are therefore pooled.
+
+    How the model runs (the paper does not say; the authors' code decides, and so do these):
+
+    * ``passes``: "joint" (default) puts clean and adversarial inputs through one forward pass,
+      so BatchNorm in train mode pools their batch statistics; "separate" runs them one after
+      the other, as the authors' code does.
+    * ``bn``: "train" (default) leaves the model in train mode; "frozen" switches it to eval
+      mode at the first attack of each epoch and leaves it there until the next epoch, as the
+      authors' code does (its attack calls ``model.eval()`` and nothing calls ``model.train()``
+      again): from then on BatchNorm uses, and no longer updates, its running statistics, and
+      dropout is off. Implies separate passes.
+    * ``input_clip``: keep attacked inputs inside the data's valid range (default); the authors'
+      code clips only to the eps-ball.
+    * ``pair_weights`` (beyond the paper): "cost" draws pairs from c~ (objective (5)); "errors"
+      weighs each pair also by the starting model's smoothed validation error rate, c^tau * r
+      (:func:`pipeline.method.costs.pair_weights`), so augmentation goes where costly errors
+      actually happen.
     """
 
     cost: Tensor
@@ -60,6 +78,10 @@ class CSADA(_Plain):
     clamp: tuple[float, float] | None = None
     pairs: str = "stochastic"
     normalization: str = "unbiased"
+    bn: str = "train"
+    passes: str = "joint"
+    input_clip: bool = True
+    pair_weights: str = "cost"
     seed: int = 0
     name: str = field(default="csada", init=False)
 
@@ -74,6 +96,14 @@ class CSADA(_Plain):
             raise MethodError(f"unknown norm {self.norm!r}; known: {', '.join(sorted(NORMS))}")
         if self.step_rule not in STEP_RULES:
             raise MethodError(f"unknown step_rule {self.step_rule!r}; known: {', '.join(STEP_RULES)}")
+        for key, value, valid in (("bn", self.bn, BN_MODES), ("passes", self.passes, PASSES),
+                                  ("pair_weights", self.pair_weights, PAIR_WEIGHTINGS)):
+            if value not in valid:
+                raise MethodError(f"{key} must be one of {', '.join(valid)}; got {value!r}")
+        if self.bn == "frozen" and self.passes == "joint":
+            raise MethodError("bn 'frozen' runs clean and adversarial inputs in separate passes; set passes: separate")
+        if not isinstance(self.input_clip, bool):
+            raise MethodError(f"input_clip must be true or false, got {self.input_clip!r}")
         self.weights = pair_weights(self.cost.to(torch.float64), self.temperature).to(torch.float32)
         # The pair sampler has its own generator: seeded identically on every DDP rank, all
         # ranks draw the same pair, so one pair serves the whole global mini-batch.
@@ -83,12 +113,23 @@ class CSADA(_Plain):
         """Restart the pair draws from ``seed``: a resumed run draws what an uninterrupted one did."""
         self.generator.manual_seed(seed)
 
+    @property
+    def needs_start_predictions(self) -> bool:  # type: ignore[override]
+        return self.pair_weights == "errors"
+
+    def start_training(self, val_logits: Tensor, val_labels: Tensor) -> None:
+        """Error-aware pair weights from the starting model's validation predictions (the same
+        on every rank and after a resume: the run computes them from its starting checkpoint)."""
+        if self.pair_weights == "errors":
+            rates = smoothed_error_rates(val_logits.argmax(1), val_labels, self.cost.shape[0])
+            self.weights = pair_weights(self.cost.to(torch.float64), self.temperature, rates).to(torch.float32)
+
     # -- pieces -----------------------------------------------------------------------------
     def attack(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor):
         return targeted_attack(
             unwrap_model(model), x, y, target,
             eps=self.eps, steps=self.steps, step_size=self.step_size,
-            norm=self.norm, clamp=self.clamp, step_rule=self.step_rule,
+            norm=self.norm, clamp=self.clamp if self.input_clip else None, step_rule=self.step_rule,
         )
 
     def sample_pair(self) -> tuple[int, int]:
@@ -100,14 +141,22 @@ class CSADA(_Plain):
     def _combined(
         self, model: nn.Module, x: Tensor, y: Tensor, rows: Tensor, targets: Tensor
     ) -> tuple[Tensor, Tensor, Stats]:
-        """Clean cross-entropy and per-row adversarial CE from one forward pass."""
+        """Clean cross-entropy and per-row adversarial CE, from one forward pass or two (class doc)."""
         if rows.numel() == 0:
             ce = F.cross_entropy(model(x), y)
             return ce, x.new_zeros(0), {"n_attacked": x.new_tensor(0.0)}
-        result = self.attack(model, x[rows], y[rows], targets)
-        logits = model(torch.cat([x, result.x_adv]))
-        ce = F.cross_entropy(logits[: len(x)], y)
-        adv_ce = F.cross_entropy(logits[len(x):], y[rows], reduction="none")
+        if self.passes == "joint":
+            result = self.attack(model, x[rows], y[rows], targets)
+            logits = model(torch.cat([x, result.x_adv]))
+            clean_logits, adv_logits = logits[: len(x)], logits[len(x):]
+        else:
+            clean_logits = model(x)  # in the mode the epoch left the model: train until the first attack
+            if self.bn == "frozen":
+                model.eval()  # until train_epoch sets train mode at the next epoch (class doc)
+            result = self.attack(model, x[rows], y[rows], targets)
+            adv_logits = model(result.x_adv)
+        ce = F.cross_entropy(clean_logits, y)
+        adv_ce = F.cross_entropy(adv_logits, y[rows], reduction="none")
         outcome = result.outcome
         stats = {
             "n_attacked": x.new_tensor(float(len(rows))),

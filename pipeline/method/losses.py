@@ -29,6 +29,10 @@ class TrainingMethod(Protocol):
 
     def start_epoch(self, seed: int) -> None: ...
 
+    needs_start_predictions: bool
+
+    def start_training(self, val_logits: Tensor, val_labels: Tensor) -> None: ...
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]: ...
 
 
@@ -60,10 +64,17 @@ def cost_penalty(logits: Tensor, y: Tensor, cost: Tensor) -> Tensor:
 
 
 class _Plain:
-    """Defaults: the model as built, nothing random of the method's own to reseed."""
+    """Defaults: the model as built, nothing random of the method's own to reseed, nothing to
+    learn from the starting model's predictions."""
+
+    # Whether the run hands :meth:`start_training` the starting model's validation outputs.
+    needs_start_predictions = False
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model
+
+    def start_training(self, val_logits: Tensor, val_labels: Tensor) -> None:
+        del val_logits, val_labels
 
     def start_epoch(self, seed: int) -> None:
         del seed
@@ -80,15 +91,34 @@ class ERM(_Plain):
         return ce, {"ce": ce.detach()}
 
 
+PENALTY_NORMALIZATIONS = ("batch", "class")
+
+
 @dataclass
 class Penalty(_Plain):
-    """Objective (3) generalised: mean_i -sum_z c(y_i, z) log(1 - p_z(x_i)), no cross-entropy."""
+    """Objective (3) generalised: -sum_z c(y_i, z) log(1 - p_z(x_i)) per sample, no cross-entropy.
+
+    ``normalization`` "batch" (default) averages it over the batch; "class" averages it over the
+    samples of each true class and sums the classes, as the authors' pair-sweep code does (for a
+    single costly pair (a, b): the mean of -log(1 - p_b) over the batch's class-a samples).
+    """
 
     cost: Tensor
+    normalization: str = "batch"
     name: str = field(default="penalty", init=False)
 
+    def __post_init__(self) -> None:
+        if self.normalization not in PENALTY_NORMALIZATIONS:
+            raise MethodError(f"normalization must be one of {', '.join(PENALTY_NORMALIZATIONS)}; "
+                              f"got {self.normalization!r}")
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> tuple[Tensor, Stats]:
-        penalty = cost_penalty(model(x), y, self.cost.to(x.device)).mean()
+        per_sample = cost_penalty(model(x), y, self.cost.to(x.device))
+        if self.normalization == "batch":
+            penalty = per_sample.mean()
+        else:
+            counts = torch.bincount(y, minlength=self.cost.shape[0]).to(per_sample.dtype)
+            penalty = (per_sample / counts[y]).sum()
         return penalty, {"penalty": penalty.detach()}
 
 

@@ -212,6 +212,8 @@ def build_run(job: TrainJob, root: Path, session: Session, cpus: float = 1.0) ->
     if job.init_checkpoint:
         init = job.path(root, "init_checkpoint")
         load_model_state(model, load_checkpoint(init), job.init_checkpoint)
+    if method.needs_start_predictions:  # what the starting model gets wrong, before any training
+        method.start_training(*predict_logits(model, DataLoader(data.split("val"), batch_size=256, shuffle=False)))
     model = method.prepare_model(model)
     head = classifier_head(model)
     loading = loader_options(data.split("train"), cpus, session.device)
