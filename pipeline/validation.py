@@ -12,7 +12,8 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.method.attacks import NORMS, STEP_RULES
-from pipeline.method.csada import NORMALIZATIONS, PAIR_MODES
+from pipeline.method.csada import BN_MODES, NORMALIZATIONS, PAIR_MODES, PAIR_WEIGHTINGS, PASSES
+from pipeline.method.losses import PENALTY_NORMALIZATIONS
 from pipeline.runs.optim import OPTIMIZERS, OptimConfig
 
 RECIPE_DIR = "recipes"
@@ -26,9 +27,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": tuple(OPTIMIZERS),
     "norm": tuple(NORMS),
     "step_rule": tuple(STEP_RULES),
-    "normalization": NORMALIZATIONS,
+    "normalization": NORMALIZATIONS + PENALTY_NORMALIZATIONS,  # CSADA's, the penalty's: each method checks its own
     "pairs": PAIR_MODES,
+    "bn": BN_MODES,
+    "passes": PASSES,
+    "pair_weights": PAIR_WEIGHTINGS,
 }
+BOOLEANS = {"augment", "input_clip"}
+
+
 class ConfigError(UserError):
     """An invalid params.yaml or recipe value; the message names the dotted key."""
 
@@ -74,7 +81,7 @@ def check_value(key: str, name: str, value: Any) -> Any:
         if value not in CHOICES[name]:
             raise invalid(key, value, f"valid: {', '.join(CHOICES[name])}")
         return value
-    if name == "augment":
+    if name in BOOLEANS:
         return as_bool(value, key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise invalid(key, value, "expected a finite number")

@@ -23,21 +23,23 @@ from torch.utils.data import DataLoader
 from pipeline.cluster.distributed import run_jobs
 from pipeline.config import Config
 from pipeline.datasets.prepare import load_prepared
-from pipeline.method.costfiles import load_costs, save_costs
-from pipeline.method.costs import CostMatrix
+from pipeline.method.costfiles import load_costs
 from pipeline.paper.experiments import (
     BASELINES,
     MAIN_BASELINE,
     baseline_fit,
     confused_pairs,
+    critical_counts,
     experiment_job,
     pair_error_rates,
+    pair_costs,
     paper_models,
+    pair_run_name,
     removed_share,
     run_outcomes,
-    single_pair_matrix,
 )
 from pipeline.paper.figures import pair_heatmaps
+from pipeline.paper.protocols import settings_record
 from pipeline.reporting.evaluation import DISPLAY_NAMES
 from pipeline.reporting.outputs import write_csv, write_json
 from pipeline.runs.plan import baseline_job
@@ -48,24 +50,14 @@ RESULTS = Path("results")
 LABELS = {"fit": "stopped at 100% training accuracy", "zero_loss": "trained to zero training loss"}
 
 
-def pair_costs(pairs: list[tuple[int, int]], classes: list[str], folder: Path) -> dict[tuple[int, int], Path]:
-    """Each pair's cost matrix as a file: an input of its runs (hashed into their keys), not a result."""
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {}
-    for pair in pairs:
-        files[pair] = folder / f"{pair[0]}-{pair[1]}.csv"
-        save_costs(CostMatrix(classes, single_pair_matrix(len(classes), pair)), files[pair])
-    return files
-
-
 def run_rows(runs: list, predictions: list, test_y: torch.Tensor, classes: list[str],
              base_rates: dict[str, np.ndarray], base_accuracy: dict[str, float]) -> pd.DataFrame:
     """One row per run: its critical pair's test errors and rate beside the baseline's, and accuracy."""
     counts = torch.bincount(test_y, minlength=len(classes)).numpy()
     rows = []
-    for (base, pair, method, replication), (predicted, history) in zip(runs, predictions):
+    for (variant, base, pair, method, replication), (predicted, history) in zip(runs, predictions):
         errors = int(((predicted == pair[1]) & (test_y == pair[0])).sum())
-        rows.append({"baseline": base, "true": classes[pair[0]], "predicted": classes[pair[1]], "method": method.name,
+        rows.append({"variant": variant, "baseline": base, "true": classes[pair[0]], "predicted": classes[pair[1]], "method": method.name,
                      "replication": replication, "class_count": int(counts[pair[0]]),
                      "baseline_errors": int(round(base_rates[base][pair] * counts[pair[0]])), "errors": errors,
                      "baseline_rate": float(base_rates[base][pair]), "rate": errors / int(counts[pair[0]]),
@@ -74,11 +66,22 @@ def run_rows(runs: list, predictions: list, test_y: torch.Tensor, classes: list[
     return pd.DataFrame(rows)
 
 
-def method_result(rows: pd.DataFrame, before: np.ndarray, base_accuracy: float) -> dict:
+def after_counts(runs: list, predictions: list, test_y: torch.Tensor) -> dict[tuple, torch.Tensor]:
+    """(variant, baseline, method, replication) -> per test sample, the critical errors its runs
+    made, each run charged only on its own pair."""
+    counts: dict[tuple, torch.Tensor] = {}
+    for (variant, base, pair, method, replication), (predicted, _) in zip(runs, predictions):
+        key = (variant, base, method.name, replication)
+        mine = critical_counts(predicted, test_y, [pair])
+        counts[key] = counts[key] + mine if key in counts else mine
+    return counts
+
+
+def method_result(rows: pd.DataFrame, before: torch.Tensor, after: list[torch.Tensor], base_accuracy: float) -> dict:
     """One method from one baseline: the share of the critical errors it removed (per replication,
-    summed over the pairs), its critical errors and its accuracy."""
-    after = [group.sort_values(["true", "predicted"])["errors"].to_numpy() for _, group in rows.groupby("replication")]
-    return {"removed_share": removed_share(before, after), "critical_errors": float(np.mean([a.sum() for a in after])),
+    summed over the pairs; bootstrap interval over test samples), its critical errors and accuracy."""
+    return {"removed_share": removed_share(before, after),
+            "critical_errors": float(np.mean([float(a.sum()) for a in after])),
             "test_accuracy": float(rows["accuracy"].mean()),
             "accuracy_change": float(rows["accuracy"].mean() - base_accuracy)}
 
@@ -89,6 +92,16 @@ def critical_rates(rows: pd.DataFrame, classes: list[str]) -> np.ndarray:
     for (true, predicted), group in rows.groupby(["true", "predicted"]):
         matrix[classes.index(true), classes.index(predicted)] = group["rate"].mean()
     return matrix
+
+
+def pair_runs(config: Config, pairs: list[tuple[int, int]]) -> list[tuple]:
+    """(variant, baseline, pair, method, replication) of every run: each variant from the
+    zero-loss baseline; the verdict's variant also from the fit baseline (section 1.1's check)."""
+    return [(variant.label, base, pair, method, replication)
+            for variant in config.paper.variants
+            for base in (BASELINES if variant == config.paper.verdict else (MAIN_BASELINE,))
+            for pair in pairs for method in config.paper.pair_methods[variant.label]
+            for replication in range(config.paper.replications)]
 
 
 def main(config: Config) -> str:
@@ -102,47 +115,58 @@ def main(config: Config) -> str:
                         for name in BASELINES}
     pairs = confused_pairs(base_predictions[MAIN_BASELINE]["val"], data.split("val").y, k, config.paper.top_pairs)
     cost_files = pair_costs(pairs, classes, Path("runs") / "paper" / config.dataset / "pair_costs")
-    runs = [(base, pair, method, replication)
-            for base in BASELINES for pair in pairs for method in config.paper.pair_methods
-            for replication in range(config.paper.replications)]
+    runs = pair_runs(config, pairs)
     jobs = [experiment_job(baseline_job(baselines / base), baselines / base, method, cost_files[pair],
-                           name=f"{config.dataset}-pairs-{base}-{pair[0]}-{pair[1]}-{method.name}-r{replication}",
+                           name=pair_run_name(config.dataset, variant, base, pair, method.name, replication),
                            seed=config.seed * 1000 + replication, replication=replication)
-            for base, pair, method, replication in runs]
+            for variant, base, pair, method, replication in runs]
     stores = run_jobs(jobs, config.ray, Path.cwd(), experiment="paper_pairs")
 
     test_y = data.split("test").y
     pair_cost = {pair: load_costs(path).as_tensor() for pair, path in cost_files.items()}
-    costs = [pair_cost[pair] for _, pair, _, _ in runs]
+    costs = [pair_cost[pair] for _, _, pair, _, _ in runs]
     predictions = [(logits.argmax(1), history) for logits, history in run_outcomes(stores, costs, data, loaders["test"])]
     base_rates = {name: pair_error_rates(p["test"], test_y, k) for name, p in base_predictions.items()}
     base_accuracy = {name: float((p["test"] == test_y).float().mean()) for name, p in base_predictions.items()}
     table = run_rows(runs, predictions, test_y, classes, base_rates, base_accuracy)
+    after = after_counts(runs, predictions, test_y)
     metrics = {"pairs": [[classes[y], classes[z]] for y, z in pairs], "replications": config.paper.replications,
-               "baselines": {}}
+               "verdict_variant": config.paper.verdict.label, "baselines": {}, "variants": {}}
     for base in BASELINES:
         history = json.loads((baselines / base / "history.json").read_text())["history"]
-        part = table[table["baseline"] == base]
-        before = part.drop_duplicates(["true", "predicted"])["baseline_errors"].to_numpy()
-        methods = {m.name: part[part["method"] == m.name] for m in config.paper.pair_methods}
-        metrics["baselines"][base] = {
-            **baseline_fit(base, history[-1], config.paper.zero_loss), "test_accuracy": base_accuracy[base],
-            "critical_errors": int(before.sum()),
-            "methods": {name: method_result(rows, before, base_accuracy[base]) for name, rows in methods.items()}}
-        panels = [(f"Baseline ({LABELS[base]})\nevery pair's test error rate", base_rates[base])]
-        panels += [(f"{DISPLAY_NAMES.get(name, name)}: critical pair's rate\n"
-                    f"after fine-tuning (mean of {config.paper.replications})", critical_rates(rows, classes))
-                   for name, rows in methods.items()]
-        pair_heatmaps(panels, classes, pairs,
-                      f"Pair sweep on {config.dataset} ({config.model}), from the baseline {LABELS[base]}",
-                      RESULTS / "figures" / f"pairs_{base}.png")
+        metrics["baselines"][base] = {**baseline_fit(base, history[-1], config.paper.zero_loss),
+                                      "test_accuracy": base_accuracy[base]}
+    for variant in config.paper.variants:
+        methods = config.paper.pair_methods[variant.label]
+        entry = metrics["variants"][variant.label] = {
+            "settings": {m.name: settings_record(m.optim, m.options) for m in methods}, "baselines": {}}
+        for base in sorted(set(table[table["variant"] == variant.label]["baseline"])):
+            part = table[(table["variant"] == variant.label) & (table["baseline"] == base)]
+            before = critical_counts(base_predictions[base]["test"], test_y, pairs)
+            groups = {m.name: part[part["method"] == m.name] for m in methods}
+            entry["baselines"][base] = {
+                "critical_errors": int(before.sum()),
+                "methods": {name: method_result(rows, before, [after[(variant.label, base, name, r)]
+                                                               for r in range(config.paper.replications)],
+                                                base_accuracy[base]) for name, rows in groups.items()}}
+            if variant != config.paper.verdict:
+                continue
+            panels = [(f"Baseline ({LABELS[base]})\nevery pair's test error rate", base_rates[base])]
+            panels += [(f"{DISPLAY_NAMES.get(name, name)}: critical pair's rate\n"
+                        f"after fine-tuning (mean of {config.paper.replications})", critical_rates(rows, classes))
+                       for name, rows in groups.items()]
+            pair_heatmaps(panels, classes, pairs,
+                          f"Pair sweep on {config.dataset} ({config.model}), {variant.label}, from the baseline "
+                          f"{LABELS[base]}", RESULTS / "figures" / f"pairs_{base}.png")
     write_csv(table, RESULTS / "pairs.csv")
     write_json(metrics, RESULTS / "pairs.json")
-    removed = {m: v["removed_share"]["mean"] for m, v in metrics["baselines"][MAIN_BASELINE]["methods"].items()}
-    shares = ", ".join(f"{m} {share:.0%}" for m, share in removed.items() if share is not None)
-    return (f"{len(jobs)} runs ({len(pairs)} pairs x {len(config.paper.pair_methods)} methods x "
-            f"{config.paper.replications} x 2 baselines); critical errors removed from the zero-loss baseline: "
-            f"{shares or 'none to remove'} -> {RESULTS / 'pairs.json'}")
+    verdict = metrics["variants"][config.paper.verdict.label]["baselines"][MAIN_BASELINE]["methods"]
+    shares = ", ".join(f"{m} {v['removed_share']['mean']:.0%}" for m, v in verdict.items()
+                       if v["removed_share"]["mean"] is not None)
+    return (f"{len(jobs)} runs ({len(pairs)} pairs, {len(config.paper.variants)} variants); critical errors removed "
+            f"from the zero-loss baseline ({config.paper.verdict.label}): {shares or 'none to remove'} "
+            f"-> {RESULTS / 'pairs.json'}")
+
 
 if __name__ == "__main__":
     run_stage("paper_pairs", main)

@@ -2,52 +2,108 @@
 
 Every experiment run follows the paper's protocol: it fine-tunes a fixed number of epochs and
 keeps the last one (the product's own runs keep their best epoch on validation instead). Each
-method's settings are the recipe's, then ``paper.finetune`` (epochs and learning rate of every
-run), then the experiment's own overrides (``paper.pairs.csada`` etc.), checked like any other
-training section. The defaults are sized for a 2-core CPU; section 5's values are in the README.
+run's settings come from a variant (a protocol of :mod:`pipeline.paper.protocols` and a
+learning-rate scale), then the experiment's own overrides (``paper.pairs.csada`` etc.), checked
+like any other training section. The first variant decides the claims page's verdicts; the
+others are shown beside it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pipeline.method.registry import FINETUNE_METHODS, METHODS
+from pipeline.paper.protocols import PROTOCOLS, Variant, protocol_settings
 from pipeline.validation import (
     OPTIM_KEYS,
-    RECIPE_DIR,
     MethodConfig,
     as_mapping,
     check_keys,
+    check_value,
     invalid,
     positive_int,
     resolve_training,
 )
 
+# The ablation's arms: the authors' pair-sweep protocol with one factor changed (or ERM in place
+# of CSADA), and on the data set's (Pareto) costs the pair weighting.
+ABLATION_PAIR_ARMS: dict[str, dict[str, Any]] = {
+    "authors": {},
+    "adam": {"optimizer": "adam", "lr": 1e-4, "momentum": 0.9},  # Adam at the product's rate, unscaled
+    "sign_steps": {"step_rule": "steepest"},
+    "bn_train": {"bn": "train"},
+    "unbiased": {"normalization": "unbiased"},
+}
+ABLATION_COST_ARMS: dict[str, dict[str, Any]] = {
+    "tau3": {"temperature": 3.0},
+    "tau1": {"temperature": 1.0},
+    "errors_tau3": {"temperature": 3.0, "pair_weights": "errors"},
+}
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    pairs: int  # the pairs the zero-loss baseline confuses most on validation
+    seeds: int
+    pair_arms: Mapping[str, MethodConfig]  # arm -> CSADA (or ERM, arm "erm") on one costly pair
+    cost_arms: Mapping[str, MethodConfig]  # arm -> CSADA (or ERM) on the data set's cost matrix
+
 
 @dataclass(frozen=True)
 class PaperConfig:
+    variants: tuple[Variant, ...]  # every experiment runs under each; the first decides the verdicts
     replications: int  # of every fine-tuning run (the convergence experiment has its own)
     baseline_max_epochs: int  # the most epochs either baseline of section 1.1 trains
     zero_loss: float  # the over-parameterised baseline trains until its training loss is below this
     top_pairs: int  # pair sweep: the pairs the baseline confuses most on validation; 0: every ordered pair
-    pair_methods: tuple[MethodConfig, ...]
+    pair_methods: Mapping[str, tuple[MethodConfig, ...]]  # variant label -> methods
     lambdas: tuple[float, ...]  # lambda sweep; 0 is the baseline itself
-    lambda_method: MethodConfig  # CSADA as the lambda sweep runs it (adv_weight set per value)
+    lambda_method: Mapping[str, MethodConfig]  # CSADA as the lambda sweep runs it (adv_weight set per value)
     convergence_replications: int
-    convergence_method: MethodConfig
-    table_methods: tuple[MethodConfig, ...]  # Tables 3/4: each method on the data set's costs
+    convergence_method: Mapping[str, MethodConfig]
+    table_methods: Mapping[str, tuple[MethodConfig, ...]]  # Tables 3/4: each method on the data set's costs
+    ablation: AblationConfig  # under the first variant's learning-rate scale, the authors' protocol
+
+    @property
+    def verdict(self) -> Variant:
+        return self.variants[0]
 
 
-def _method(name: str, recipe: Mapping[str, Any], finetune: Mapping[str, Any], overrides: Any, where: str,
-            dataset: str) -> MethodConfig:
+def _method(experiment: str, name: str, variant: Variant, recipe: Mapping[str, Any], overrides: Any, where: str,
+            dataset: str, extra: Mapping[str, Any] | None = None) -> MethodConfig:
+    """One method of one experiment under one variant: protocol, then ``extra`` (an ablation's
+    change), then params.yaml's overrides; the learning rate times the variant's scale."""
     own = as_mapping(overrides, where)
-    optim, options = resolve_training(as_mapping(recipe.get(name), f"{RECIPE_DIR}/{dataset}.yaml:{name}"),
-                                      {**finetune, **own}, where, set(OPTIM_KEYS) | set(METHODS[name].options()),
-                                      dataset)
+    try:
+        base = protocol_settings(experiment, name, variant, recipe)
+    except KeyError as error:
+        raise invalid(where, own or name, str(error.args[0])) from None
+    allowed = set(OPTIM_KEYS) | set(METHODS[name].options())
+    optim, options = resolve_training(base, {**(extra or {}), **own}, where, allowed, dataset)
+    if "lr" not in own and not (extra and "lr" in extra):  # a rate given explicitly is taken as it is
+        optim = replace(optim, lr=float(f"{optim.lr * variant.lr_scale:.6g}"))  # 5e-6, not 4.9999999999999996e-06
     return MethodConfig(name=name, optim=optim, options=options)
+
+
+def _variants(value: Any) -> tuple[Variant, ...]:
+    key = "paper.variants"
+    if not isinstance(value, list) or not value:
+        raise invalid(key, value, "expected a non-empty list of {protocol: authors|product, lr_scale: number}")
+    variants = []
+    for n, item in enumerate(value):
+        item = as_mapping(item, f"{key}[{n}]")
+        check_keys(item, {"protocol", "lr_scale"}, f"{key}[{n}]")
+        protocol = item.get("protocol")
+        if protocol not in PROTOCOLS:
+            raise invalid(f"{key}[{n}].protocol", protocol, f"valid: {', '.join(PROTOCOLS)}")
+        scale = check_value(f"{key}[{n}].lr_scale", "lr", item.get("lr_scale", 1.0))
+        variants.append(Variant(protocol, scale))
+    if len({v.label for v in variants}) != len(variants):
+        raise invalid(key, value, "each variant may appear once")
+    return tuple(variants)
 
 
 def _method_names(value: Any, key: str) -> list[str]:
@@ -71,10 +127,9 @@ def _number_list(value: Any, key: str) -> tuple[float, ...]:
 
 def parse_paper(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str) -> PaperConfig:
     """The ``paper`` section over the recipe; every value checked, its dotted key in the message."""
-    check_keys(section, {"replications", "finetune", "baselines", "pairs", "lambdas", "convergence", "table"},
-               "paper")
-    finetune = as_mapping(section.get("finetune", {"epochs": 5, "lr": 1e-4}), "paper.finetune")
-    check_keys(finetune, OPTIM_KEYS, "paper.finetune")
+    check_keys(section, {"variants", "replications", "baselines", "pairs", "lambdas", "convergence", "table",
+                         "ablation"}, "paper")
+    variants = _variants(section.get("variants", [{"protocol": "authors", "lr_scale": 1.0}]))
     baselines = as_mapping(section.get("baselines"), "paper.baselines")
     check_keys(baselines, {"max_epochs", "zero_loss"}, "paper.baselines")
     zero_loss = baselines.get("zero_loss", 1e-3)
@@ -90,17 +145,40 @@ def parse_paper(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset: 
     check_keys(lambdas, {"values", "csada"}, "paper.lambdas")
     convergence = as_mapping(section.get("convergence"), "paper.convergence")
     check_keys(convergence, {"replications", "csada"}, "paper.convergence")
+
+    def per_variant(experiment: str, name: str, part: Mapping[str, Any]) -> dict[str, MethodConfig]:
+        return {v.label: _method(experiment, name, v, recipe, part.get(name), f"paper.{experiment}.{name}", dataset)
+                for v in variants}
+
+    pair_methods = [per_variant("pairs", n, pairs) for n in names]
+    table_methods = [per_variant("table", n, table) for n in table_names]
     return PaperConfig(
+        variants=variants,
         replications=positive_int(section.get("replications", 3), "paper.replications"),
         baseline_max_epochs=positive_int(baselines.get("max_epochs", 60), "paper.baselines.max_epochs"),
         zero_loss=float(zero_loss),
         top_pairs=positive_int(pairs.get("top", 10), "paper.pairs.top", minimum=0),
-        pair_methods=tuple(_method(n, recipe, finetune, pairs.get(n), f"paper.pairs.{n}", dataset) for n in names),
+        pair_methods={v.label: tuple(m[v.label] for m in pair_methods) for v in variants},
         lambdas=_number_list(lambdas.get("values", [0, 1, 2, 5, 10]), "paper.lambdas.values"),
-        lambda_method=_method("csada", recipe, finetune, lambdas.get("csada"), "paper.lambdas.csada", dataset),
+        lambda_method=per_variant("lambdas", "csada", lambdas),
         convergence_replications=positive_int(convergence.get("replications", 5), "paper.convergence.replications"),
-        convergence_method=_method("csada", recipe, finetune, convergence.get("csada"), "paper.convergence.csada",
-                                   dataset),
-        table_methods=tuple(_method(n, recipe, finetune, table.get(n), f"paper.table.{n}", dataset)
-                            for n in table_names),
+        convergence_method=per_variant("convergence", "csada", convergence),
+        table_methods={v.label: tuple(m[v.label] for m in table_methods) for v in variants},
+        ablation=_ablation(as_mapping(section.get("ablation"), "paper.ablation"), variants[0], recipe, dataset),
     )
+
+
+def _ablation(section: Mapping[str, Any], verdict: Variant, recipe: Mapping[str, Any], dataset: str) -> AblationConfig:
+    """The ablation's arms, always from the authors' protocol at the verdict's learning-rate scale."""
+    check_keys(section, {"pairs", "seeds"}, "paper.ablation")
+    variant = Variant("authors", verdict.lr_scale)
+
+    def arm(name: str, change: Mapping[str, Any], where: str) -> MethodConfig:
+        return _method("ablation", name, variant, recipe, None, where, dataset, extra=change)
+
+    erm = arm("erm", {}, "paper.ablation.erm")
+    pair_arms = {label: arm("csada", change, f"paper.ablation.{label}") for label, change in ABLATION_PAIR_ARMS.items()}
+    cost_arms = {label: arm("csada", change, f"paper.ablation.{label}") for label, change in ABLATION_COST_ARMS.items()}
+    return AblationConfig(pairs=positive_int(section.get("pairs", 5), "paper.ablation.pairs"),
+                          seeds=positive_int(section.get("seeds", 3), "paper.ablation.seeds"),
+                          pair_arms={**pair_arms, "erm": erm}, cost_arms={**cost_arms, "erm": erm})

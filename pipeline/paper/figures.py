@@ -77,3 +77,30 @@ def convergence_figure(loss: Mapping[str, Any], wer: Mapping[str, Any], baseline
     axes[1].set_title("(b) WER (testing)", fontsize=10)
     figure.suptitle(title, fontsize=11)
     _save(figure, path)
+
+
+def ablation_figure(results: Mapping[str, Any], title: str, path: Path) -> None:
+    """Two panels over the ablation's arms: the share of critical errors (of cost, on the Pareto
+    costs) removed with its 90% bootstrap interval, and the change in test accuracy."""
+    plt = _pyplot()
+    arms = list(results["arms"])
+    shares = [results["arms"][a]["removed_share"] for a in arms]
+    mean = np.array([s["mean"] if s["mean"] is not None else np.nan for s in shares]) * 100
+    lower = np.array([s["lower"] if s["lower"] is not None else np.nan for s in shares]) * 100
+    upper = np.array([s["upper"] if s["upper"] is not None else np.nan for s in shares]) * 100
+    accuracy = np.array([results["arms"][a]["accuracy_change"] for a in arms]) * 100
+    rows = np.arange(len(arms))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 0.45 * len(arms) + 1.8), sharey=True)
+    left.barh(rows, np.nan_to_num(mean), color=["tab:blue" if a.startswith("pair/") else "tab:orange" for a in arms])
+    left.errorbar(mean, rows, xerr=[np.nan_to_num(mean - lower), np.nan_to_num(upper - mean)], fmt="none",
+                  ecolor="black", capsize=3)
+    left.axvline(0, color="grey", lw=0.8)
+    left.set_yticks(rows, arms)
+    left.invert_yaxis()
+    left.set_xlabel("critical errors removed, % (pareto/: % of test cost)\nbar: mean; whiskers: 90% bootstrap")
+    right.barh(rows, accuracy, color="tab:grey")
+    right.axvline(0, color="black", lw=0.8)
+    right.set_xlabel("test accuracy change, points")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    _save(figure, path)
