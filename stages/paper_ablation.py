@@ -125,7 +125,8 @@ def main(config: Config) -> str:
                 "accuracy_change": float(part["accuracy_change"].mean()), "wer": float(part["wer"].mean()),
                 **({"errors_on_z": float(part["errors_on_z"].mean()),
                     "errors_elsewhere": float(part["errors_elsewhere"].mean())} if costs_kind == "pair" else {}),
-                "attack": {k: float(part[k].mean()) for k in ("reached_z", "rejected", "skipped") if k in part},
+                "attack": {k: float(part[k].mean()) for k in ("reached_z", "rejected", "skipped")
+                           if k in part and part[k].notna().any()},
                 "settings": settings_record(method.optim, method.options)}
     write_csv(table, RESULTS / "ablation.csv")
     write_csv(pd.DataFrame([{"arm": arm, "costs": "pareto" if pair is None else "pair", "seed": seed,

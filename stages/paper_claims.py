@@ -2,7 +2,7 @@
 results/metrics.json, the experiments' DVC metric (a few numbers per experiment).
 
 Reads the experiments' outputs (results/toy.json, pairs.json, lambdas.json, convergence.json,
-table.json) and the data set's split and cost matrix (for the setting and the Tables 3/4 layout);
+table.json, ablation.json) and the data set's split and cost matrix (for the setting and the Tables 3/4 layout);
 pipeline.paper.claims decides each verdict by the rule it prints.
 """
 
@@ -25,17 +25,17 @@ DESCRIPTIONS = {"images": "images from data.source", "digits": "scikit-learn's 8
 
 def main(config: Config) -> str:
     outputs = {name: json.loads((RESULTS / f"{name}.json").read_text())
-               for name in ("toy", "pairs", "lambdas", "convergence", "table")}
+               for name in ("toy", "pairs", "lambdas", "convergence", "table", "ablation")}
     manifest = read_manifest(config.paths.manifest)
     counts = manifest["split"].value_counts().to_dict()
     source = f": {Path(config.data.source).name}" if config.data.source else ""
     setting = {"dataset": config.dataset, "description": DESCRIPTIONS.get(config.dataset, config.dataset) + source,
                "model": config.model, "classes": len(manifest_classes(manifest)),
                **{split: int(counts.get(split, 0)) for split in ("train", "val", "test")},
-               "epochs": config.paper.pair_methods[0].optim.epochs, "lr": config.paper.pair_methods[0].optim.lr,
                "zero_loss": config.paper.zero_loss}
-    summary = outputs["table"]["summary"]
-    methods = ["baseline", *[m.name for m in config.paper.table_methods]]
+    verdict = config.paper.verdict.label
+    summary = outputs["table"]["variants"][verdict]["summary"]
+    methods = ["baseline", *[m.name for m in config.paper.table_methods[verdict]]]
     cost = load_costs(config.paths.cost)
     text = render_claims(setting, *outputs.values(), methods_table(summary, methods, "argmax", cost, config.top_k))
     write_report(text, RESULTS / "paper.md")

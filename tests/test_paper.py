@@ -18,7 +18,10 @@ import yaml
 from pipeline.config import ConfigError, load_config
 from pipeline.paper.claims import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, pair_claims
 from pipeline.paper.experiments import (
+    attack_epochs,
+    attack_shares,
     confused_pairs,
+    critical_counts,
     curve_summary,
     pair_error_rates,
     removed_share,
@@ -30,6 +33,7 @@ from pipeline.runs.train import train_func
 from stages import (
     costs,
     fetch,
+    paper_ablation,
     paper_baselines,
     paper_claims,
     paper_convergence,
@@ -41,20 +45,24 @@ from stages import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = (paper_baselines, paper_pairs, paper_lambdas, paper_convergence, paper_table)
+EXPERIMENTS = (paper_baselines, paper_pairs, paper_ablation, paper_lambdas, paper_convergence, paper_table)
+VERDICT, PRODUCT = "authors-lr10x", "product"
+
+
+SHORT = {"epochs": 2, "steps": 2}
 
 
 def tiny_paper_params() -> dict:
     params = yaml.safe_load((REPO / "paper" / "params.yaml").read_text())
     params.update(dataset="digits", data={**params["data"], "source": None})
     paper = params["paper"]
-    paper.update(replications=2, finetune={"epochs": 2, "lr": 1e-3})
+    paper.update(replications=2, variants=[{"protocol": "authors", "lr_scale": 10}, {"protocol": "product"}])
     paper["baselines"] = {"max_epochs": 4, "zero_loss": 1e-3}
-    paper["pairs"].update(top=2)
-    paper["pairs"]["csada"].update(steps=2)
-    paper["lambdas"] = {"values": [0, 2], "csada": {"steps": 2}}
-    paper["convergence"] = {"replications": 2, "csada": {"adv_weight": 2.0, "steps": 2}}
-    paper["table"] = {"methods": ["csada", "ap"], "csada": {"steps": 2}}
+    paper["pairs"].update(top=2, csada=SHORT, penalty={"epochs": 2})
+    paper["lambdas"] = {"values": [0, 2], "csada": SHORT}
+    paper["convergence"] = {"replications": 2, "csada": SHORT}
+    paper["table"] = {"methods": ["csada", "ap"], "csada": SHORT, "ap": {"epochs": 2}}
+    paper["ablation"] = {"pairs": 1, "seeds": 1, "csada": SHORT, "erm": {"epochs": 2}}
     return params
 
 
@@ -93,38 +101,64 @@ def paper_project(tmp_path_factory):
         yield config, root, list(trained)
 
 
-def test_every_experiment_writes_its_outputs_from_its_runs(paper_project):
+def test_every_experiment_writes_its_outputs_from_its_runs_under_every_variant(paper_project):
     config, root, trained = paper_project
     results = root / "results"
     pairs = json.loads((results / "pairs.json").read_text())
     assert set(pairs["baselines"]) == {"fit", "zero_loss"} and len(pairs["pairs"]) == 2
-    for entry in pairs["baselines"].values():
+    assert set(pairs["variants"]) == {VERDICT, PRODUCT} and pairs["verdict_variant"] == VERDICT
+    # The fit baseline (section 1.1's check) runs under the verdict's variant only.
+    assert set(pairs["variants"][VERDICT]["baselines"]) == {"fit", "zero_loss"}
+    assert set(pairs["variants"][PRODUCT]["baselines"]) == {"zero_loss"}
+    for entry in pairs["variants"][VERDICT]["baselines"].values():
         assert set(entry["methods"]) == {"penalty", "csada"}
-        assert entry["epochs"] <= 4 and "reached" in entry
-    table = (results / "pairs.csv").read_text().splitlines()
-    assert len(table) == 1 + 2 * 2 * 2 * 2  # baselines x pairs x methods x replications
+    assert all(pairs["baselines"][b]["epochs"] <= 4 and "reached" in pairs["baselines"][b] for b in ("fit", "zero_loss"))
+    # Every output records the settings its runs resolved to.
+    authors = pairs["variants"][VERDICT]["settings"]["csada"]
+    assert (authors["optimizer"], authors["lr"], authors["momentum"], authors["batch_size"]) == ("sgd", 1e-3, 0.0, 256)
+    assert (authors["bn"], authors["passes"], authors["step_rule"], authors["normalization"]) == (
+        "frozen", "separate", "gradient", "attacked_mean")
+    assert pairs["variants"][PRODUCT]["settings"]["csada"]["optimizer"] == "adam"
+    assert len((results / "pairs.csv").read_text().splitlines()) == 1 + (2 + 1) * 2 * 2 * 2  # (baseline, variant) x pairs x methods x reps
     lambdas = json.loads((results / "lambdas.json").read_text())
-    assert lambdas["lambdas"] == [0.0, 2.0] and lambdas["wer"]["n"] == 2
-    assert lambdas["wer"]["mean"][0] == pytest.approx(lambdas["baseline_wer"])  # lambda 0 is the baseline
-    convergence = json.loads((results / "convergence.json").read_text())
+    assert lambdas["lambdas"] == [0.0, 2.0] and lambdas["variants"][VERDICT]["wer"]["n"] == 2
+    assert lambdas["variants"][PRODUCT]["wer"]["mean"][0] == pytest.approx(lambdas["baseline_wer"])  # lambda 0
+    assert lambdas["variants"][VERDICT]["settings"]["lr"] == pytest.approx(5e-6)  # the paper's 5e-7, times 10
+    convergence = json.loads((results / "convergence.json").read_text())["variants"][VERDICT]
     assert len(convergence["train_loss"]["mean"]) == 2 and len(convergence["test_wer"]["mean"]) == 3
-    assert convergence["test_wer"]["mean"][0] == pytest.approx(convergence["baseline_wer"])
-    summary = json.loads((results / "table.json").read_text())["summary"]
+    summary = json.loads((results / "table.json").read_text())["variants"][VERDICT]["summary"]
     assert set(summary) == {"baseline", "csada", "ap"} and summary["ap"]["argmax"]["wer"]["n"] == 2
+    ablation = json.loads((results / "ablation.json").read_text())
+    assert set(ablation["arms"]) == {"pair/authors", "pair/adam", "pair/sign_steps", "pair/bn_train", "pair/unbiased",
+                                     "pair/erm", "pareto/tau3", "pareto/tau1", "pareto/errors_tau3", "pareto/erm"}
+    assert ablation["arms"]["pair/sign_steps"]["settings"]["step_rule"] == "steepest"
+    assert ablation["arms"]["pair/authors"]["attack"] and not ablation["arms"]["pair/erm"]["attack"]
+    attack = (results / "attack.csv").read_text().splitlines()
+    assert attack[0].split(",")[-4:] == ["attacked", "reached_z", "rejected", "skipped"] and len(attack) > 1
     toy = json.loads((results / "toy.json").read_text())
     assert set(toy) >= {"table1", "harder"}
-    for name in ("pairs_fit", "pairs_zero_loss", "lambdas", "convergence", "figure2", "figure2_harder"):
+    for name in ("pairs_fit", "pairs_zero_loss", "lambdas", "convergence", "figure2", "figure2_harder", "ablation"):
         assert (results / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
     page = (results / "paper.md").read_text()
-    for figure in ("pairs_zero_loss.png", "lambdas.png", "convergence.png", "figure2.png"):
+    for figure in ("pairs_zero_loss.png", "lambdas.png", "convergence.png", "figure2.png", "ablation.png"):
         assert f"(figures/{figure})" in page
-    assert page.count("| **") >= 7 and "PMI" in page
+    assert "Qiyuan Chen, Raed Al Kontar, Maher Nouiehed, X. Jessie Yang and Corey Lester" in page
+    assert "Qiao" not in page and "PMI" in page
+    claim_rows = [line for line in page.splitlines() if "| **" in line]
+    assert len(claim_rows) >= 7
+    for row in claim_rows:  # the rule comes before the verdict, and the settings beside ours
+        cells = row.split(" | ")
+        verdict = next(i for i, cell in enumerate(cells) if cell.startswith("**"))
+        assert any("rule" in cell or "cannot be downloaded" in cell for cell in cells[:verdict])
+    assert sum("*settings:* " in row for row in claim_rows) >= 4
     metrics = json.loads((results / "metrics.json").read_text())["paper"]
-    assert metrics["pairs"]["zero_loss"]["csada"]["removed"] == pairs["baselines"]["zero_loss"]["methods"]["csada"][
-        "removed_share"]["mean"]
+    assert metrics["variant"] == VERDICT
+    assert metrics["pairs"]["zero_loss"]["csada"]["removed"] == pairs["variants"][VERDICT]["baselines"]["zero_loss"][
+        "methods"]["csada"]["removed_share"]["mean"]
     assert metrics["lambdas"]["baseline_wer"] == lambdas["baseline_wer"] and set(metrics["table"]) == set(summary)
-    # Every fine-tuning run of the experiments trained its fixed epochs and kept the last one.
-    assert len(trained) == 2 + 2 * 2 * 2 * 2 + 2 + 2 + 2 * 2
+    # Runs: 2 baselines, 24 pair runs, 2 x 2 lambda, 2 x 2 convergence, 2 x 2 x 2 table, and the ablation's
+    # 5 pair arms besides "authors" (the pair sweep's own run, reused) and its 4 cost arms, each trained once.
+    assert len(trained) == len(set(trained)) == 2 + 24 + 4 + 4 + 8 + 5 + 4
 
 
 def test_the_experiments_reuse_finished_runs(paper_project, monkeypatch):
@@ -190,12 +224,32 @@ def test_confused_pairs_are_the_most_frequent_errors_first():
     assert rates[2, 0] == pytest.approx(0.75) and rates[0, 1] == pytest.approx(2 / 3) and np.isnan(rates[1, 1])
 
 
-def test_removed_share_sums_errors_over_the_pairs_per_replication():
-    share = removed_share([4, 6], [[1, 1], [3, 0]])
-    assert share["mean"] == pytest.approx(1 - (2 / 10 + 3 / 10) / 2)
-    assert share["lower"] < share["mean"] < share["upper"] and share["n"] == 2
-    assert removed_share([2, 0], [[3, 1], [3, 1]])["mean"] == pytest.approx(-1.0)  # more errors than before
-    assert removed_share([0, 0], [[1, 0]])["mean"] is None
+def test_removed_share_is_the_mean_share_with_a_bootstrap_interval_that_stays_below_100_percent():
+    before = torch.tensor([1, 1, 1, 1, 0, 1, 0, 1, 1, 1] * 20)  # 160 critical errors
+    after = [torch.tensor([0, 1, 0, 0, 0, 0, 0, 0, 1, 0] * 20), torch.tensor([0, 0, 0, 1, 0, 0, 0, 0, 0, 1] * 20)]
+    share = removed_share(before, after)
+    assert share["mean"] == pytest.approx(1 - (40 + 40) / 2 / 160)
+    assert share["lower"] < share["mean"] < share["upper"] <= 1.0 and share["n"] == 2 and not share["zero_width"]
+    everything = removed_share(before, [torch.zeros_like(before)] * 3)
+    assert everything["mean"] == everything["lower"] == everything["upper"] == 1.0 and everything["zero_width"]
+    assert removed_share(torch.tensor([1, 0, 0]), [torch.tensor([2, 1, 0])])["mean"] == pytest.approx(-2.0)
+    assert removed_share(torch.zeros(3), [torch.ones(3)])["mean"] is None
+
+
+def test_critical_counts_charge_each_sample_to_the_pairs_it_is_an_error_of():
+    labels, predicted = torch.tensor([0, 0, 1, 2]), torch.tensor([1, 0, 2, 0])
+    assert critical_counts(predicted, labels, [(0, 1), (1, 2)]).tolist() == [1, 0, 1, 0]
+    assert critical_counts(predicted, labels, [(2, 1)]).tolist() == [0, 0, 0, 0]
+
+
+def test_attack_diagnostics_are_shares_of_the_attacked_samples():
+    history = [{"epoch": 0, "train_n_attacked": 10.0, "train_n_succeeded": 2.0, "train_n_rejected": 3.0,
+                "train_n_skipped": 5.0}, {"epoch": 1, "train_n_attacked": 30.0, "train_n_succeeded": 18.0,
+                                          "train_n_rejected": 6.0, "train_n_skipped": 6.0}]
+    assert attack_epochs(history)[1] == {"epoch": 2, "attacked": 30.0, "reached_z": 0.6, "rejected": 0.2,
+                                         "skipped": 0.2}
+    assert attack_shares(history) == {"reached_z": 0.5, "rejected": 0.225, "skipped": 0.275}
+    assert attack_shares([{"epoch": 0, "train_ce": 1.0}]) == {} and attack_epochs([{"epoch": 0}]) == []
 
 
 def test_curve_summary_is_mean_and_prediction_interval_per_point():
@@ -227,17 +281,40 @@ def test_pair_claims_follow_their_stated_rules():
 
 def test_the_paper_params_are_valid_and_bad_values_are_named():
     config = load_config(REPO / "paper" / "params.yaml", available_cpus=2)
-    assert config.dataset == "images" and config.paper.top_pairs == 10
-    assert [m.name for m in config.paper.pair_methods] == ["penalty", "csada"]
-    csada = config.paper.pair_methods[1]
-    assert csada.options["adv_weight"] == 10.0 and csada.optim.epochs == 4  # paper.finetune over the recipe
+    assert config.dataset == "images" and config.paper.top_pairs == 5
+    assert [v.label for v in config.paper.variants] == ["authors-lr10x", "authors", "product"]
+    assert [m.name for m in config.paper.pair_methods["authors"]] == ["penalty", "csada"]
+    penalty, csada = config.paper.pair_methods["authors"]
+    # Section 5.1 and MNIST/mnist_compare.py: SGD without momentum, weight decay 1e-4, batch 256, 10 epochs, lr 1e-4.
+    assert (csada.optim.optimizer, csada.optim.lr, csada.optim.momentum, csada.optim.weight_decay,
+            csada.optim.batch_size, csada.optim.epochs, csada.optim.augment) == ("sgd", 1e-4, 0.0, 1e-4, 256, 10, True)
+    assert {k: csada.options[k] for k in ("adv_weight", "temperature", "eps", "steps", "step_size")} == {
+        "adv_weight": 10.0, "temperature": 1.0, "eps": 10.0, "steps": 5, "step_size": 0.05}
+    assert penalty.options == {"normalization": "class"}
+    assert config.paper.pair_methods["authors-lr10x"][1].optim.lr == pytest.approx(1e-3)
+    # Table 4's CSADA from the text (lambda 2, eps 10, K 10), AP's 60 epochs and decay.
+    table = {m.name: m for m in config.paper.table_methods["authors"]}
+    assert (table["csada"].options["adv_weight"], table["csada"].options["eps"], table["csada"].options["steps"],
+            table["csada"].optim.lr) == (2.0, 10.0, 10, 5e-7)
+    assert (table["ap"].optim.epochs, table["ap"].optim.lr_gamma, table["ap"].options["alpha"]) == (60, 0.33, 5.0)
+    # The product protocol is the recipe's.
+    assert config.paper.pair_methods["product"][1].optim.optimizer == "adam"
+    assert config.paper.pair_methods["product"][1].options["step_rule"] == "steepest"
     bad = tiny_paper_params()
     bad["paper"]["lambdas"]["values"] = [0, -1]
     with pytest.raises(ConfigError, match=r"paper.lambdas.values = -1 is invalid"):
         load_config(bad, recipe_dir=REPO / "recipes", available_cpus=2)
     bad = tiny_paper_params()
-    bad["paper"]["pairs"]["csada"]["tau"] = 1
+    bad["paper"]["pairs"]["csada"] = {"tau": 1}
     with pytest.raises(ConfigError, match=r"unknown key paper.pairs.csada.tau"):
+        load_config(bad, recipe_dir=REPO / "recipes", available_cpus=2)
+    bad = tiny_paper_params()
+    bad["paper"]["variants"] = [{"protocol": "theirs"}]
+    with pytest.raises(ConfigError, match=r"paper.variants\[0\].protocol = 'theirs' is invalid; valid: authors, product"):
+        load_config(bad, recipe_dir=REPO / "recipes", available_cpus=2)
+    bad = tiny_paper_params()
+    bad["paper"]["finetune"] = {"lr": 1e-4}  # no global key overrides the experiments any more
+    with pytest.raises(ConfigError, match=r"unknown key paper.finetune"):
         load_config(bad, recipe_dir=REPO / "recipes", available_cpus=2)
     bad = tiny_paper_params()
     bad["baseline"] = {"stop_train_accuracy": 1.5}

@@ -170,11 +170,13 @@ def parse_paper(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset: 
 
 def _ablation(section: Mapping[str, Any], verdict: Variant, recipe: Mapping[str, Any], dataset: str) -> AblationConfig:
     """The ablation's arms, always from the authors' protocol at the verdict's learning-rate scale."""
-    check_keys(section, {"pairs", "seeds"}, "paper.ablation")
+    check_keys(section, {"pairs", "seeds", "csada", "erm"}, "paper.ablation")
     variant = Variant("authors", verdict.lr_scale)
 
     def arm(name: str, change: Mapping[str, Any], where: str) -> MethodConfig:
-        return _method("ablation", name, variant, recipe, None, where, dataset, extra=change)
+        # params.yaml's overrides (paper.ablation.csada / .erm) size every arm; the arm's factor wins
+        own = as_mapping(section.get(name), f"paper.ablation.{name}")
+        return _method("ablation", name, variant, recipe, None, where, dataset, extra={**own, **change})
 
     erm = arm("erm", {}, "paper.ablation.erm")
     pair_arms = {label: arm("csada", change, f"paper.ablation.{label}") for label, change in ABLATION_PAIR_ARMS.items()}
