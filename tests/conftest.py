@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # The test cluster listens on loopback only, so it runs without Ray's token authentication
-# (a user's cluster keeps it: drivers then need RAY_AUTH_TOKEN, see the README).
+# (a user's cluster keeps it: drivers then need RAY_AUTH_TOKEN, see docs/ray.md).
 os.environ["RAY_AUTH_MODE"] = "disabled"
 
 

@@ -1,6 +1,6 @@
 """Section 4 / Figure 2: CSADA removes green -> blue errors that plain fine-tuning keeps.
 
-How the claim is tested (README, "What the toy problem shows"): on Table 1 exactly, a converged
+How the claim is tested (docs/paper.md, "What the toy problem shows"): on Table 1 exactly, a converged
 baseline makes no green -> blue test errors, so there we check Fig. 2e/2f (no green training point
 can be pushed to blue within the budget after CSADA) and that accuracy does not drop; the
 error reduction is measured on the harder variant with green and blue moved inwards.
