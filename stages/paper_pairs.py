@@ -96,10 +96,12 @@ def critical_rates(rows: pd.DataFrame, classes: list[str]) -> np.ndarray:
 
 def pair_runs(config: Config, pairs: list[tuple[int, int]]) -> list[tuple]:
     """(variant, baseline, pair, method, replication) of every run: each variant from the
-    zero-loss baseline; the verdict's variant also from the fit baseline (section 1.1's check)."""
+    zero-loss baseline; the verdict's variant also from the fit baseline (section 1.1's check).
+    In the order they matter, so that a stage stopped early has trained the verdict's first."""
+    bases = {variant.label: (MAIN_BASELINE, *[b for b in BASELINES if b != MAIN_BASELINE])
+             if variant == config.paper.verdict else (MAIN_BASELINE,) for variant in config.paper.variants}
     return [(variant.label, base, pair, method, replication)
-            for variant in config.paper.variants
-            for base in (BASELINES if variant == config.paper.verdict else (MAIN_BASELINE,))
+            for variant in config.paper.variants for base in bases[variant.label]
             for pair in pairs for method in config.paper.pair_methods[variant.label]
             for replication in range(config.paper.replications)]
 
