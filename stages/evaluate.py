@@ -21,16 +21,18 @@ from pipeline.method.calibration import fit_temperature
 from pipeline.method.costfiles import load_costs
 from pipeline.method.costs import CostMatrix
 from pipeline.reporting.evaluation import (
+    BASELINE,
     BASELINE_CURVE,
-    CONFUSION_DIR,
+    BASELINE_RULE,
     DISPLAY_NAMES,
     FINETUNE_CURVE,
+    PAIR_ERRORS_CSV,
     SUMMARY_FILE,
     RunPredictions,
     evaluate_run,
     ordered_methods,
 )
-from pipeline.reporting.figures import confusion_figure, curves_figure, wer_figure
+from pipeline.reporting.figures import confusion_figure, curves_figure, mean_errors, wer_figure
 from pipeline.reporting.outputs import write_evaluation
 from pipeline.runs.checkpoints import HISTORY_FILE
 from pipeline.runs.plan import baseline_job
@@ -90,18 +92,20 @@ def predict(baseline: Path, finetune: Path, cost_file: Path, device: str = "cpu"
 
 
 def draw_figures(results: Path, cost: CostMatrix) -> None:
-    """results/figures/{wer,confusion,curves}.png from what write_evaluation wrote."""
+    """results/figures/{wer,confusion,curves}.png from what write_evaluation wrote.
+
+    The confusion figure shows one model per panel: the baseline, and the recommended method's
+    test errors averaged over its replications (pooled, three runs' errors would face one)."""
     summary = json.loads((results / SUMMARY_FILE).read_text())
     methods, chosen = summary["methods"], summary["recommendation"]
-    name = f"{DISPLAY_NAMES.get(chosen['method'], chosen['method'])}, {chosen['decision_rule']}"
     wer_figure(methods, ordered_methods(methods), DISPLAY_NAMES, results / FIGURES / "wer.png")
-    baseline = pd.read_csv(results / CONFUSION_DIR / "baseline.csv", dtype=str)
-    recommended = pd.read_csv(results / CONFUSION_DIR / "recommended.csv", dtype=str)
-    pooled = len(recommended) // len(baseline)
-    confusion_figure([("Baseline (argmax)", baseline),
-                      (f"Recommended on validation: {name}" + (f" ({pooled} replications pooled)" if pooled > 1 else ""),
-                       recommended)],
-                     cost.classes, cost.values, results / FIGURES / "confusion.png")
+    pairs = pd.read_csv(results / PAIR_ERRORS_CSV, dtype={"true_class": str, "predicted_class": str})
+    baseline, _ = mean_errors(pairs, BASELINE, BASELINE_RULE, cost.classes)
+    recommended, runs = mean_errors(pairs, chosen["method"], chosen["decision_rule"], cost.classes)
+    name = f"{DISPLAY_NAMES.get(chosen['method'], chosen['method'])}, {chosen['decision_rule']}"
+    each = f"mean of its {runs} replications" if runs > 1 else "one run"
+    panels = [(f"Baseline ({BASELINE_RULE})", baseline), (f"Recommended on validation: {name}\n({each})", recommended)]
+    confusion_figure(panels, cost.classes, cost.values, results / FIGURES / "confusion.png")
     curves_figure(pd.read_csv(results / BASELINE_CURVE), pd.read_csv(results / FINETUNE_CURVE), DISPLAY_NAMES,
                   results / FIGURES / "curves.png")
 

@@ -12,12 +12,16 @@ import torch
 
 from pipeline.datasets.toy import load_toy
 from pipeline.method.attacks import AttackOutcome
+from pipeline.models.networks import ToyMLP
 from pipeline.paper.proof_of_concept import (
     HARDER_MEANS,
+    ToyRun,
     ToySettings,
     attack_green_to_blue,
+    draw_figure2,
     run_seed,
 )
+from tests.figure_checks import assert_legends_clear_of_the_axes
 
 # The seeds of 0..15 on which the converged harder-variant baseline makes at least one
 # green -> blue test error. They were picked from the baseline's errors alone (before any
@@ -55,3 +59,17 @@ def test_harder_variant_csada_removes_the_critical_errors_that_erm_keeps():
     assert errors["erm"] >= 0.5 * errors["baseline"], errors  # the control keeps most of them
     drop = np.mean([run.accuracy["baseline"] - run.accuracy["csada"] for run in runs])
     assert drop <= 0.01, f"mean test accuracy fell by {drop:.4f}"
+
+
+def test_figure_2_legend_sits_below_the_panels():
+    # The layout, not the training: two untrained networks stand in for the baseline and CSADA.
+    torch.manual_seed(0)
+    models = {name: ToyMLP(in_features=2, num_classes=3, hidden=50) for name in ("baseline", "csada")}
+    run = ToyRun(seed=0, models=models, green_to_blue={"baseline": 1, "csada": 0}, accuracy={}, train_accuracy=1.0)
+    figure = draw_figure2(run, ToySettings(), HARDER_MEANS)
+    try:
+        assert_legends_clear_of_the_axes(figure)
+    finally:
+        import matplotlib.pyplot as plt  # loaded by draw_figure2, with its Agg backend
+
+        plt.close(figure)

@@ -27,6 +27,7 @@ from pipeline.method.attacks import AttackOutcome, AttackResult, targeted_attack
 from pipeline.method.csada import CSADA
 from pipeline.method.losses import ERM, TrainingMethod
 from pipeline.models.networks import ToyMLP
+from pipeline.reporting.figures import _pyplot
 from pipeline.runs.train import train_epoch
 
 GREEN, BLUE = 1, 2
@@ -115,11 +116,15 @@ def run_seed(seed: int, settings: ToySettings = ToySettings(), means: dict | Non
 
 
 def plot_figure2(run: ToyRun, path: str, settings: ToySettings = ToySettings(), means: dict | None = None) -> None:
-    """Decision regions, test errors and attack trajectories before and after CSADA."""
-    import matplotlib
+    """Decision regions, test errors and attack trajectories before and after CSADA, as a PNG."""
+    figure = draw_figure2(run, settings, means)
+    figure.savefig(path, dpi=120, metadata={"Software": None})
+    _pyplot().close(figure)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def draw_figure2(run: ToyRun, settings: ToySettings = ToySettings(), means: dict | None = None):
+    """The figure of :func:`plot_figure2`; its legend sits below the panels, off the data."""
+    plt = _pyplot()
     from matplotlib.colors import ListedColormap
     from matplotlib.lines import Line2D
 
@@ -128,7 +133,7 @@ def plot_figure2(run: ToyRun, path: str, settings: ToySettings = ToySettings(), 
     colours = ["tab:red", "tab:green", "tab:blue"]
     grid_x, grid_y = torch.meshgrid(torch.linspace(-14, 14, 300), torch.linspace(-13, 14, 300), indexing="xy")
     grid = torch.stack([grid_x.flatten(), grid_y.flatten()], 1)
-    figure, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    figure, axes = plt.subplots(1, 2, figsize=(12, 6.2), layout="constrained")
     for axis, key, title in ((axes[0], "baseline", "Baseline (before)"), (axes[1], "csada", "CSADA (after)")):
         model = run.models[key]
         with torch.no_grad():
@@ -159,12 +164,11 @@ def plot_figure2(run: ToyRun, path: str, settings: ToySettings = ToySettings(), 
               for c, n in zip(colours, ("red", "green", "blue"))]
     legend += [Line2D([], [], marker="x", ls="", color="black", label="test error"),
                Line2D([], [], marker="o", ms=2, color="grey", label="attack green -> blue (5 points; box: eps ball)")]
-    axes[1].legend(handles=legend, fontsize=7, loc="lower right")
+    # Below both panels: inside one it covered the errors and attack paths it explains.
+    figure.legend(handles=legend, fontsize=8, ncols=3, loc="outside lower center")
     variant = "Table 1" if means is None else "green/blue moved inwards"
     figure.suptitle(f"Figure 2: the toy problem ({variant}, seed {run.seed}); only green -> blue costs", fontsize=11)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120, metadata={"Software": None})
-    plt.close(figure)
+    return figure
 
 
 def main(argv: list[str] | None = None) -> None:

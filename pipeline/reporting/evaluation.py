@@ -45,8 +45,9 @@ Files written by :func:`pipeline.reporting.outputs.write_evaluation`, under its 
                                  columns :data:`PAIR_COLUMNS`.
 * ``tables/top_pairs.csv``       the same rows restricted to the ``top_k`` costliest pairs.
 * ``plots/confusion/baseline.csv``, ``plots/confusion/recommended.csv``  ``actual,predicted``
-  class names, one row per test sample: the baseline under argmax, and the recommended model under
-  its rule with its replications pooled (DVC template ``confusion``).
+  class names, one row per test sample: the baseline under argmax, and the first replication of
+  the recommended method under its rule (DVC template ``confusion``, which counts rows: one model
+  beside one model; the mean over replications is drawn in ``figures/confusion.png``).
 * ``plots/baseline_val_loss.csv``, ``plots/finetune_val_wer.csv``  long format
   ``epoch,run,method,<key>`` from the histories (the baseline selects by validation loss, the
   fine-tuning runs by validation WER); ``epoch`` counts from 0.

@@ -105,10 +105,12 @@ def write_evaluation(
         recommendation = recommendation_record(
             recommend(validation, {m: [r.name for r in g] for m, g in groups.items()}), evaluation, validation)
     chosen = recommendation["method"]
+    # DVC's confusion template counts rows, so it cannot draw a mean over replications, and pooled
+    # rows would set n models' errors beside the baseline's one: the first replication stands for
+    # the method (chosen before any test result; the mean is results/figures/confusion.png).
     confusions = {
         "baseline": confusion_rows(groups[BASELINE][0], cost) if BASELINE in groups else None,
-        "recommended": pd.concat([confusion_rows(run, cost, recommendation["decision_rule"]) for run in groups[chosen]],
-                                 ignore_index=True),
+        "recommended": confusion_rows(groups[chosen][0], cost, recommendation["decision_rule"]),
     }
     curves = {BASELINE_CURVE: history_table([run for run in ordered if run.method == BASELINE], "val_loss"),
               FINETUNE_CURVE: history_table([run for run in ordered if run.method != BASELINE], "val_wer")}
