@@ -55,7 +55,7 @@ def test_repro_writes_every_output_quietly_and_is_then_a_no_op(repo):
     assert recommended["test_wer"] == recommendation["test_wer"]
     assert recommendation["val_wer"] <= recommendation["baseline"]["val_wer"]  # never worse on validation
     assert set(recommendation["paired_difference"]) == {"mean", "lower", "upper", "n", "includes_zero"}
-    chosen = json.loads((work / "models/digits/search/chosen.json").read_text())["methods"]
+    chosen = json.loads((work / "models/search/chosen.json").read_text())["methods"]
     assert set(chosen) == METHODS - {"baseline"}
     assert all(entry["searched"] and 1 <= entry["trials"] <= 2 for entry in chosen.values())
     summary = json.loads((work / "results/summary.json").read_text())["methods"]
@@ -67,8 +67,8 @@ def test_repro_writes_every_output_quietly_and_is_then_a_no_op(repo):
         assert column in report
     for figure in ("wer", "confusion", "curves"):
         assert (work / f"results/figures/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (work / "models/digits/baseline/model.pt").is_file()
-    assert len(list((work / "models/digits/finetune").glob("*/model.pt"))) == len(TINY_METHODS)
+    assert (work / "models/baseline/model.pt").is_file()
+    assert len(list((work / "models/finetune").glob("*/model.pt"))) == len(TINY_METHODS)
     confusion = (work / "results/plots/confusion/baseline.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 357
     # One manifest per stage of this pipeline; the paper's experiments (paper/, a DVC project of
@@ -93,7 +93,7 @@ def test_exp_run_with_an_added_override_metrics_diff_and_exp_show(repo):
     assert "Stage 'baseline' didn't change, skipping" in result.stdout
     assert "search ap: the same search ran before: reused" in result.stdout
     assert "search csada: the same search ran before" not in result.stdout
-    chosen = json.loads((work / "models/digits/search/chosen.json").read_text())["methods"]["csada"]
+    chosen = json.loads((work / "models/search/chosen.json").read_text())["methods"]["csada"]
     assert chosen["settings"]["options"]["adv_weight"] == 5 and "adv_weight" not in chosen["space"]  # pinned
     params = yaml.safe_load((work / "params.yaml").read_text())
     assert params["finetune"]["csada"] == {"adv_weight": 5}
