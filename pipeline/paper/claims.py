@@ -320,4 +320,4 @@ def headline(toy: Mapping[str, Any], pairs: Mapping[str, Any], lambdas: Mapping[
         "convergence": {"last_wer": convergence["test_wer"]["mean"][-1], "baseline_wer": convergence["baseline_wer"]},
         "table": {method: rules["argmax"]["wer"]["mean"] for method, rules in table["summary"].items()},
         "toy": {name: toy["harder"]["green_to_blue"][name] for name in ("baseline", "erm", "csada")},
-    }}  # one top key: `dvc exp show --drop paper` shows the main pipeline alone
+    }}  # one top key: every column of paper/'s `dvc exp show` reads paper.<experiment>.<number>
