@@ -105,7 +105,12 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class Paths:
-    """Where each stage writes, derived from the data set name."""
+    """Where each stage writes. The data files carry the data set's name (data/raw/<dataset>, its
+    manifest and cost matrix; a training run's inputs digest hashes their names); the models'
+    folders do not (their jobs name the data set). Each lies in a folder of fixed name, the DVC
+    output (data/raw, data/split, data/costs, models/baseline, ...), so that a `dvc exp run -S
+    dataset=...` finds every output in dvc.lock (a templated output path is missing there, and
+    `dvc exp run` warns about each when it checks the workspace out)."""
 
     raw: Path
     manifest: Path
@@ -169,9 +174,8 @@ PARAM_SOURCES: dict[str, tuple[str, ...]] = {
     "paper.ablation": ("paper.ablation", "paper.variants", "recipe"),
     "ray": ("ray",),
     "top_k": ("recipe",),
-    **{f"paths.{name}": ("dataset",) for name in ("raw", "manifest", "cost", "baseline", "search", "finetune")},
-    "paths.evaluation": (),
-    "paths.report": (),
+    **{f"paths.{name}": ("dataset",) for name in ("raw", "manifest", "cost")},
+    **{f"paths.{name}": () for name in ("baseline", "search", "finetune", "evaluation", "report")},
 }
 
 
@@ -412,9 +416,9 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
             raw=Path("data/raw") / dataset,
             manifest=Path("data/split") / f"{dataset}.parquet",
             cost=Path("data/costs") / f"{dataset}.csv",
-            baseline=Path("models") / dataset / "baseline",
-            search=Path("models") / dataset / "search",
-            finetune=Path("models") / dataset / "finetune",
+            baseline=Path("models") / "baseline",
+            search=Path("models") / "search",
+            finetune=Path("models") / "finetune",
             evaluation=Path("results"),
             report=Path("results") / "report.md",
         ),

@@ -1,6 +1,6 @@
 """DVC stage 'baseline': the model trained with plain ERM, its epoch selected by validation loss.
 
-One Ray Tune trial (resumable: see pipeline.cluster.distributed); the outcome is models/<dataset>/baseline/
+One Ray Tune trial (resumable: see pipeline.cluster.distributed); the outcome is models/baseline/
 with model.pt (the selected weights and the job that trained them) and history.json.
 """
 

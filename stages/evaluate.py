@@ -1,6 +1,6 @@
 """DVC stage 'evaluate': every trained model on the test split, under every decision rule.
 
-The models are the baseline and the runs listed in models/<dataset>/finetune/runs.json; each is
+The models are the baseline and the runs listed in models/finetune/runs.json; each is
 rebuilt from the job its model.pt records, and also scored on the validation split to choose the
 recommended model. Writes the DVC metrics, tables and plots of pipeline.reporting.outputs.write_evaluation
 and the PNG figures of pipeline.reporting.figures.

@@ -1,8 +1,8 @@
 """DVC stage 'finetune': every method x replication, fine-tuned from the baseline, as one Ray Tune sweep.
 
 Each method runs with the settings the search stage chose on validation
-(models/<dataset>/search/chosen.json), for ``finetune.replications`` fresh seeds; each run's
-epoch is selected by validation WER. Outcomes land in models/<dataset>/finetune/<run>/, listed in
+(models/search/chosen.json), for ``finetune.replications`` fresh seeds; each run's
+epoch is selected by validation WER. Outcomes land in models/finetune/<run>/, listed in
 runs.json (the index the evaluate stage reads).
 """
 

@@ -2,7 +2,7 @@
 
 One Tune experiment per method (pipeline.cluster.search: Optuna's TPE proposes, ASHA stops poor trials
 early), starting from the recipe's values, within ``search.max_trials`` trials and the method's
-share of ``search.time_budget_s``. Writes models/<dataset>/search/chosen.json (the settings the
+share of ``search.time_budget_s``. Writes models/search/chosen.json (the settings the
 finetune stage runs, and how each was found) and trials.csv (every trial). ``search.max_trials:
 0`` searches nothing: chosen.json then holds the recipe's settings as they are.
 """

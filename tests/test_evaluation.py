@@ -143,8 +143,13 @@ def test_confusion_csvs_of_the_baseline_and_the_recommended_model(tmp_path):
     assert diff["lower"] == pytest.approx(-1.125 - T90_DF1 * 1.125)
     assert diff["upper"] == pytest.approx(-1.125 + T90_DF1 * 1.125)
     headline = json.loads((tmp_path / "metrics/headline.json").read_text())
-    assert headline["recommended"] == {"val_wer": 0.25, "test_wer": 1.125, "test_accuracy": 0.75,
-                                       "wer_difference": pytest.approx(-1.125)}
+    # The recommendation first, then the baseline's argmax WER and accuracy beside it, then the
+    # rest: DVC shows the columns in the file's order (the file is not key-sorted).
+    assert list(headline) == ["recommended", "baseline", "csada"]
+    assert headline["recommended"] == {"method": "csada", "rule": "argmax", "test_wer": 1.125, "test_accuracy": 0.75}
+    assert list(headline["recommended"]) == ["method", "rule", "test_wer", "test_accuracy"]
+    assert list(headline["baseline"]) == ["argmax", "expected_cost", "calibrated_expected_cost"]
+    assert list(headline["baseline"]["argmax"].items()) == [("wer", 2.25), ("accuracy", 0.5)]
     conf = pd.read_csv(tmp_path / "plots/confusion/recommended.csv")
     assert list(conf.columns) == ["actual", "predicted"]
     # One model beside the baseline's one, never the replications pooled: the first, r0 (MIXED: a, c, b, a),

@@ -178,7 +178,7 @@ def test_a_stage_killed_outright_resumes_unfinished_runs_and_skips_finished_ones
     # Judged from the files rather than from log lines, which Ray may fold or drop.
     histories = {
         path.parent.name: json.loads(path.read_text())["history"]
-        for path in (work / "models/digits/finetune").glob("*/history.json")
+        for path in (work / "models/finetune").glob("*/history.json")
     }
     assert len(histories) == len(TINY_METHODS)
     for history in histories.values():

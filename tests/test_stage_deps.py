@@ -5,8 +5,9 @@ not list lets `dvc repro` keep outputs computed from old code or old values; one
 never reads reruns it (and retrains models) for nothing. So both are derived here from the stage
 scripts and compared with dvc.yaml:
 
-* code: each stage depends on its manifest code/<stage>.txt, which the `code` stage writes from
-  the package modules the script imports, at any depth (pipeline.codedeps);
+* code: each stage depends on its manifest code/<stage>.txt, which its project's `code` stage
+  writes from the package modules the script imports, at any depth (pipeline.codedeps); the root
+  and paper/ are separate DVC projects, each with its own `code` stage and code/ folder;
 * params: the `config.<field>...` chains each script reads, mapped through
   `pipeline.config.PARAM_SOURCES` to params.yaml keys (both sides expanded to the leaves of
   params.yaml) and to the recipe file, which is a file dependency. Settings that only decide where
@@ -31,6 +32,8 @@ from pipeline.codedeps import (
     stage_manifest,
 )
 from pipeline.config import EXECUTION_ONLY, PARAM_SOURCES, RECIPE_DIR, USER_FILE_FOLDERS
+from pipeline.errors import UserError
+from stages.code import stage_scripts
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE_FILE = f"{RECIPE_DIR}/${{dataset}}.yaml"
@@ -43,13 +46,14 @@ class Pipeline:
     name: str
     stages: Mapping[str, Any]
     params: Mapping[str, Any]
-    up: str  # "" at the root; "../" for paper/, whose stages run in their own folder
+    folder: Path  # where its dvc.yaml is, and where DVC runs its stages
+    up: str  # "" at the root; "../" for paper/, a DVC project of its own, whose stages run in paper/
 
     @classmethod
     def load(cls, folder: str) -> Pipeline:
         root = REPO / folder
         return cls(folder or "root", yaml.safe_load((root / "dvc.yaml").read_text())["stages"],
-                   yaml.safe_load((root / "params.yaml").read_text()), "../" if folder else "")
+                   yaml.safe_load((root / "params.yaml").read_text()), root, "../" if folder else "")
 
     @property
     def runs(self) -> list[str]:
@@ -146,7 +150,7 @@ def params_declared(pipeline: Pipeline, stage: str) -> set[str]:
 def test_stage_depends_on_its_code_manifest_which_lists_exactly_its_code(pipeline, stage):
     script = pipeline.script(stage)
     deps = pipeline.stages[stage]["deps"]
-    assert f"{pipeline.up}code/{script}.txt" in deps
+    assert f"code/{script}.txt" in deps  # its own project's manifest (paper/code/ for paper/)
     assert not [d for d in deps if d.removeprefix(pipeline.up).startswith(("pipeline", "stages"))], (
         "code is listed through the manifest")
     path = REPO / "stages" / f"{script}.py"
@@ -155,11 +159,29 @@ def test_stage_depends_on_its_code_manifest_which_lists_exactly_its_code(pipelin
     assert listed == [_relative(p) for p in stage_files(path)]
 
 
-def test_the_code_stage_reads_all_code_and_writes_every_manifest():
-    assert sorted(STAGES["code"]["deps"]) == ["pipeline", "stages"]
+@pytest.mark.parametrize("pipeline", [MAIN, PAPER], ids=["root", "paper"])
+def test_each_project_s_code_stage_reads_all_code_and_writes_the_manifests_of_its_stages(pipeline):
+    code = pipeline.stages["code"]
+    assert code["cmd"] == f"python {pipeline.up}stages/code.py"
+    assert sorted(code["deps"]) == [f"{pipeline.up}pipeline", f"{pipeline.up}stages"]
+    assert code["outs"] == [{"code": {"cache": False, "persist": True}}]
+    written = stage_scripts(pipeline.folder / "dvc.yaml", REPO)
+    assert [path.stem for path in written] == pipeline.runs == sorted(pipeline.script(stage) for stage in pipeline.runs)
+
+
+def test_every_stage_script_runs_in_a_pipeline():
     scripts = {p.stem for p in (REPO / "stages").glob("*.py")} - {"__init__", "code"}
     assert scripts == {pipeline.script(stage) for pipeline, stage in CASES}
     assert set(PAPER.stages) >= {"fetch", "split", "costs"}, "the experiments prepare their data as the pipeline does"
+
+
+def test_the_code_stage_refuses_a_stage_it_cannot_follow(tmp_path):
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: bash train.sh\n")
+    with pytest.raises(UserError, match=r"dvc.yaml: stage 'train' runs 'bash train.sh'; valid: 'python <path to "):
+        stage_scripts(tmp_path / "dvc.yaml", REPO)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  train:\n    cmd: python elsewhere/stages/train.py\n")
+    with pytest.raises(UserError, match=r"stage 'train' runs 'python elsewhere/stages/train.py'"):
+        stage_scripts(tmp_path / "dvc.yaml", REPO)
 
 
 @pytest.mark.parametrize(("pipeline", "stage"), CASES, ids=IDS)

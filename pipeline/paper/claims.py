@@ -441,4 +441,4 @@ def headline(toy: Mapping[str, Any], pairs: Mapping[str, Any], lambdas: Mapping[
         "table": {method: rules["argmax"]["wer"]["mean"] for method, rules in view["table"]["summary"].items()},
         "ablation": {arm: entry["removed_share"]["mean"] for arm, entry in ablation["arms"].items()},
         "toy": {name: toy["harder"]["green_to_blue"][name] for name in ("baseline", "erm", "csada")},
-    }}
+    }}  # one top key: every column of paper/'s `dvc exp show` reads paper.<experiment>.<number>

@@ -29,10 +29,11 @@ JSON ``null``.
 
 Files written by :func:`pipeline.reporting.outputs.write_evaluation`, under its ``out_dir``
 ----------------------------------------------------------------------
-* ``metrics/headline.json``      the DVC metric: for each method the mean WER under every rule and
-                                 the mean accuracy under argmax (:data:`HEADLINE`), and under
-                                 ``recommended`` the chosen model's validation and test WER, test
-                                 accuracy and paired WER difference.
+* ``metrics/headline.json``      the DVC metric, first ``recommended``: the chosen model's method,
+                                 decision rule, test WER and accuracy; then for each method the mean
+                                 WER under every rule and the mean accuracy under argmax
+                                 (:data:`HEADLINE`), the baseline first. Its keys keep that order
+                                 (DVC shows the columns in the file's order).
 * ``summary.json``               ``{"methods": <the summary above>, "recommendation": ...,
                                  "temperatures": {run: T}}``: sd, intervals, every top-k pair, the
                                  recommended model and each model's fitted temperature.
@@ -52,8 +53,9 @@ Files written by :func:`pipeline.reporting.outputs.write_evaluation`, under its 
   ``epoch,run,method,<key>`` from the histories (the baseline selects by validation loss, the
   fine-tuning runs by validation WER); ``epoch`` counts from 0.
 
-Every file is written atomically and deterministically (sorted JSON keys, no timestamps, rows in
-a fixed order), so an unchanged evaluation leaves DVC's hashes unchanged.
+Every file is written atomically and deterministically (sorted JSON keys but for the headline's
+fixed order, no timestamps, rows in a fixed order), so an unchanged evaluation leaves DVC's
+hashes unchanged.
 """
 
 from __future__ import annotations
@@ -100,13 +102,19 @@ PAIR_ERRORS_CSV = "tables/pair_errors.csv"
 PAIR_ERRORS_PARQUET = "tables/pair_errors.parquet"
 TOP_PAIRS_CSV = "tables/top_pairs.csv"
 CONFUSION_DIR = "plots/confusion"
-# The headline metrics (means over replications): what `dvc metrics show/diff` compare. WER under
-# every rule, accuracy under argmax (each rule's accuracy, total cost and the top-k pairs are in
-# summary.json): seven methods give 28 numbers, plus the recommendation's four, so that
-# `dvc exp show` stays within 80 columns.
+# The headline metrics, what `dvc metrics show/diff` and `dvc exp show` compare, in the order they
+# show them (the file's own order): the recommended model first (method, decision rule, mean test
+# WER and accuracy), then each model in METHOD_ORDER, the baseline first, with its mean WER under
+# every rule and mean accuracy under argmax. So the first six columns of `dvc exp show` are the
+# recommendation and, beside it, the baseline's WER and accuracy under BASELINE_RULE, what it is
+# compared with. Each rule's accuracy, total cost and top-k pairs, and the intervals, are in
+# summary.json: 4 + 7 x 4 numbers keep `dvc exp show` within 80 columns (tests/test_dvc_projects.py).
 HEADLINE: dict[str, tuple[str, ...]] = {"argmax": ("wer", "accuracy")}
 HEADLINE_OTHER_RULES: tuple[str, ...] = ("wer",)
-RECOMMENDED_HEADLINE = ("val_wer", "test_wer", "test_accuracy")
+RECOMMENDED = "recommended"
+# The recommended block of the headline: its key -> the key in recommendation.json.
+RECOMMENDED_HEADLINE: dict[str, str] = {"method": "method", "rule": "decision_rule",
+                                        "test_wer": "test_wer", "test_accuracy": "test_accuracy"}
 PAIR_COLUMNS: tuple[str, ...] = (
     "method", "replication", "run", "rule", "true_class", "predicted_class",
     "cost", "cost_rank", "errors", "class_count", "rate",
@@ -271,11 +279,24 @@ def metrics_summary(evaluation: Mapping[str, Any]) -> dict[str, Any]:
     return {method: entry["summary"] for method, entry in evaluation.items()}
 
 
-def headline_metrics(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """``{method: {rule: {metric: mean}}}`` for the :data:`HEADLINE` metrics: ``metrics/headline.json``."""
-    return {method: {rule: {key: metrics.get(key, {}).get("mean") for key in HEADLINE.get(rule, HEADLINE_OTHER_RULES)}
-                     for rule, metrics in rules.items()}
-            for method, rules in summary.items()}
+def headline_metrics(summary: Mapping[str, Any], recommendation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``metrics/headline.json``, in the order DVC shows it (see :data:`HEADLINE`):
+    ``recommended`` when ``recommendation`` has test results, then ``{method: {rule: {metric:
+    mean}}}`` for every method of ``summary``, in :func:`ordered_methods` and :data:`RULES` order."""
+    headline: dict[str, Any] = {}
+    if recommendation is not None and "test_wer" in recommendation:
+        headline[RECOMMENDED] = {key: recommendation[source] for key, source in RECOMMENDED_HEADLINE.items()}
+    for method in ordered_methods(summary):
+        rules = summary[method]
+        headline[method] = {rule: {key: rules[rule].get(key, {}).get("mean")
+                                   for key in HEADLINE.get(rule, HEADLINE_OTHER_RULES)}
+                            for rule in sorted(rules, key=_rule_rank)}
+    return headline
+
+
+def _rule_rank(rule: str) -> tuple[int, str]:
+    """:data:`RULES` in their order, any other rule after them, alphabetically."""
+    return (RULES.index(rule), "") if rule in RULES else (len(RULES), rule)
 
 
 # ---------------------------------------------------------------------- tables

@@ -29,7 +29,6 @@ from pipeline.reporting.evaluation import (
     PAIR_ERRORS_CSV,
     PAIR_ERRORS_PARQUET,
     RECOMMENDATION_FILE,
-    RECOMMENDED_HEADLINE,
     SUMMARY_FILE,
     TOP_PAIRS_CSV,
     RunPredictions,
@@ -49,15 +48,16 @@ from pipeline.reporting.recommendation import recommend, recommendation_record
 # ---------------------------------------------------------------------- writers
 
 
-def json_text(data: Any) -> str:
-    """Deterministic JSON: sorted keys, two-space indent, NaN as null, trailing newline."""
-    return json.dumps(_plain(data), sort_keys=True, indent=2, allow_nan=False) + "\n"
+def json_text(data: Any, sort_keys: bool = True) -> str:
+    """Deterministic JSON: sorted keys (or, with ``sort_keys=False``, the order ``data`` was built
+    in), two-space indent, NaN as null, trailing newline."""
+    return json.dumps(_plain(data), sort_keys=sort_keys, indent=2, allow_nan=False) + "\n"
 
 
-def write_json(data: Any, path: str | Path) -> None:
+def write_json(data: Any, path: str | Path, sort_keys: bool = True) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, json_text(data).encode("utf-8"))
+    atomic_write_bytes(path, json_text(data, sort_keys).encode("utf-8"))
 
 
 def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
@@ -115,11 +115,8 @@ def write_evaluation(
     curves = {BASELINE_CURVE: history_table([run for run in ordered if run.method == BASELINE], "val_loss"),
               FINETUNE_CURVE: history_table([run for run in ordered if run.method != BASELINE], "val_wer")}
 
-    headline = headline_metrics(summary)
-    if "paired_difference" in recommendation:
-        headline["recommended"] = {**{key: recommendation[key] for key in RECOMMENDED_HEADLINE},
-                                   "wer_difference": recommendation["paired_difference"]["mean"]}
-    write_json(headline, out_dir / HEADLINE_FILE)
+    # In its own order, not sorted: DVC shows the columns in the file's order (evaluation.HEADLINE).
+    write_json(headline_metrics(summary, recommendation), out_dir / HEADLINE_FILE, sort_keys=False)
     write_json({"methods": summary, "recommendation": recommendation,
                 "temperatures": {run.name: run.temperature for run in ordered}}, out_dir / SUMMARY_FILE)
     write_json(recommendation, out_dir / RECOMMENDATION_FILE)
