@@ -2,8 +2,9 @@
 
 ``stages/<name>.py`` holds its stage's orchestration as ``main(config)`` and ends with
 ``run_stage("<name>", main)``: read params.yaml and the recipe once, validate them, run the stage,
-print the one line ``main`` returns (what the stage made, and how long it took). Every failure a
-user can cause or fix ends as one line, ``error in stage <name>: ...``, and exit status 2:
+print the line ``main`` returns (what the stage made, and how long it took), wrapped to the
+terminal's width (pipeline.console). Every failure a user can cause or fix ends as one line,
+``error in stage <name>: ...``, and exit status 2:
 
 * a :class:`~pipeline.errors.UserError` (bad params, data, cost matrices or checkpoints, a run
   that diverged or that another process trains);
@@ -23,6 +24,7 @@ from collections.abc import Callable
 
 from pipeline.cluster import lifeline
 from pipeline.config import Config, load_config
+from pipeline.console import fit
 from pipeline.errors import UserError
 
 
@@ -52,4 +54,4 @@ def run_stage(name: str, main: Callable[[Config], str], params: str = "params.ya
             raise
         print(f"error in stage {name}: {message}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"{name}: {said} ({time.perf_counter() - started:.1f} s)", flush=True)
+    print(fit(f"{name}: {said} ({time.perf_counter() - started:.1f} s)"), flush=True)

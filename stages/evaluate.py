@@ -3,7 +3,8 @@
 The models are the baseline and the runs listed in models/finetune/runs.json; each is
 rebuilt from the job its model.pt records, and also scored on the validation split to choose the
 recommended model. Writes the DVC metrics, tables and plots of pipeline.reporting.outputs.write_evaluation
-and the PNG figures of pipeline.reporting.figures.
+and the PNG figures of pipeline.reporting.figures. Warns when the baseline makes so few validation
+errors that the recommendation means little (pipeline.reporting.recommendation.small_validation_warning).
 """
 
 import dataclasses
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 
 from pipeline.cluster.distributed import on_gpu_worker
 from pipeline.config import RECIPE_DIR, Config, ConfigError
+from pipeline.console import fit
 from pipeline.datasets import ClassificationData
 from pipeline.datasets.prepare import load_prepared
 from pipeline.method.calibration import fit_temperature
@@ -34,6 +36,7 @@ from pipeline.reporting.evaluation import (
 )
 from pipeline.reporting.figures import confusion_figure, curves_figure, mean_errors, wer_figure
 from pipeline.reporting.outputs import write_evaluation
+from pipeline.reporting.recommendation import small_validation_warning
 from pipeline.runs.checkpoints import HISTORY_FILE
 from pipeline.runs.plan import baseline_job
 from pipeline.runs.train import predict_logits, trained_model
@@ -70,12 +73,20 @@ def validation_wer(predictions: list[RunPredictions], cost: CostMatrix) -> dict[
             for run in predictions}
 
 
+def baseline_errors(predictions: list[RunPredictions], cost: CostMatrix) -> tuple[int, int]:
+    """(errors, samples) of the baseline under its rule on the split of ``predictions``."""
+    run = next(run for run in predictions if run.method == BASELINE)
+    metrics = evaluate_run(run, cost, top_k=0, rules=(BASELINE_RULE,))[BASELINE_RULE]
+    return int(metrics["error_count"]), len(run.labels)
+
+
 def calibrated(predictions: list[RunPredictions], temperatures: list[float]) -> list[RunPredictions]:
     return [dataclasses.replace(run, temperature=t) for run, t in zip(predictions, temperatures)]
 
 
 def predict(baseline: Path, finetune: Path, cost_file: Path, device: str = "cpu"):
-    """Every run's test predictions and validation WERs (a GPU worker may run this).
+    """Every run's test predictions, validation WERs and the baseline's validation (errors,
+    samples) (a GPU worker may run this).
 
     Each model's temperature is fitted on its validation outputs, then applied to both splits
     under the calibrated rule: the test split is never looked at to choose anything."""
@@ -88,7 +99,7 @@ def predict(baseline: Path, finetune: Path, cost_file: Path, device: str = "cpu"
     validation = split_predictions(runs, data, cost, "val", device)
     temperatures = [fit_temperature(run.logits, run.labels) for run in validation]
     predictions = calibrated(split_predictions(runs, data, cost, "test", device), temperatures)
-    return predictions, validation_wer(calibrated(validation, temperatures), cost)
+    return predictions, validation_wer(calibrated(validation, temperatures), cost), baseline_errors(validation, cost)
 
 
 def draw_figures(results: Path, cost: CostMatrix) -> None:
@@ -117,11 +128,15 @@ def main(config: Config) -> str:
     if config.top_k > pairs:  # checked before any model is scored
         raise ConfigError(f"{RECIPE_DIR}/{config.dataset}.yaml: evaluate.top_k = {config.top_k} is invalid; "
                           f"the {cost.num_classes} classes have {pairs} ordered pairs: at most that many")
-    predictions, validation = on_gpu_worker(
+    predictions, validation, val_errors = on_gpu_worker(
         config.ray.address, config.ray.use_gpu, root / "runs" / "logs" / "evaluate.log", predict,
         root / config.paths.baseline, root / config.paths.finetune, root / config.paths.cost)
-    write_evaluation(predictions, cost, config.paths.evaluation, top_k=config.top_k, validation=validation)
+    write_evaluation(predictions, cost, config.paths.evaluation, top_k=config.top_k, validation=validation,
+                     baseline_val_errors=val_errors)
     draw_figures(config.paths.evaluation, cost)
+    warning = small_validation_warning({"baseline_val_errors": val_errors[0], "val_samples": val_errors[1]})
+    if warning:
+        print(fit(f"evaluate: warning: {warning}"), flush=True)
     return f"{len(predictions)} models on {len(predictions[0].labels)} test samples -> {config.paths.evaluation}"
 
 

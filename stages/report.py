@@ -26,7 +26,8 @@ def main(config: Config) -> str:
     text = render_report(methods, cost, dataset=config.dataset, top_k=config.top_k,
                          extra={"replications": config.replications, "model": config.model},
                          score_notes={name: spec.scores_note for name, spec in METHODS.items() if spec.scores_note},
-                         recommendation=recommendation, search=search)
+                         recommendation=recommendation, search=search,
+                         identical=summary.get("identical_predictions"))
     write_report(text, config.paths.report)
     print(one_screen_summary(methods, cost, dataset=config.dataset, top_k=config.top_k, paths={
         "report": str(config.paths.report),

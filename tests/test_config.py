@@ -157,3 +157,12 @@ def test_string_booleans_are_refused():
 def test_missing_params_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "params.yaml")
+
+
+def test_the_params_comment_on_dataset_names_every_registered_data_set():
+    """A newcomer picks a data set from the comment beside ``dataset:``; it must list them all."""
+    from pipeline.datasets import DATASETS
+
+    line, = (line for line in (REPO / "params.yaml").read_text().splitlines() if line.startswith("dataset:"))
+    _, _, comment = line.partition("#")
+    assert {name.strip() for name in comment.split("|")} == set(DATASETS), line

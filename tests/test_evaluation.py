@@ -270,3 +270,39 @@ def test_bad_groups_and_shapes_fail_before_writing(tmp_path):
     with pytest.raises(EvaluationError, match="non-numeric"):
         write_evaluation([run("ap", 0, MIXED, history=[{"val_wer": "x"}])], COST, tmp_path, top_k=1)
     assert not any(tmp_path.iterdir())
+
+
+def test_methods_whose_test_predictions_coincide_are_named_per_rule(tmp_path):
+    # ap and penalty: different scores, the same decisions replication by replication (doubled
+    # log-probabilities and a nudge keep every argmax and expected-cost decision); csada's two
+    # runs both decide as the baseline does, so it stands with the baseline.
+    nudge = torch.full_like(MIXED, 1e-3)
+    runs = [run("baseline", None, MIXED), run("csada", 0, MIXED + nudge), run("csada", 1, MIXED),
+            run("ap", 0, CONFIDENT), run("ap", 1, MIXED), run("penalty", 0, 2 * CONFIDENT), run("penalty", 1, MIXED + nudge)]
+    write_evaluation(runs, COST, tmp_path, top_k=1)
+    same = read_summary(tmp_path / "summary.json")["identical_predictions"]
+    assert same == {rule: [["baseline", "csada"], ["ap", "penalty"]]
+                    for rule in ("argmax", "expected_cost", "calibrated_expected_cost")}
+    # The same decisions in the other replication order are not the same predictions.
+    swapped = [*runs[:3], run("ap", 0, MIXED), run("ap", 1, CONFIDENT), *runs[5:]]
+    write_evaluation(swapped, COST, tmp_path, top_k=1)
+    assert read_summary(tmp_path / "summary.json")["identical_predictions"] == {
+        rule: [["baseline", "csada"]] for rule in ("argmax", "expected_cost", "calibrated_expected_cost")}
+
+
+def test_the_recommendation_records_how_many_errors_the_baseline_made_on_validation(tmp_path):
+    from pipeline.reporting.recommendation import MIN_BASELINE_VAL_ERRORS, small_validation_warning
+
+    validation = {name: {"argmax": 0.5, "expected_cost": 0.5, "calibrated_expected_cost": 0.5}
+                  for name in ("baseline", "csada-r0", "csada-r1")}
+    write_evaluation(RUNS, COST, tmp_path, top_k=1, validation=validation, baseline_val_errors=(7, 362))
+    recommendation = json.loads((tmp_path / "recommendation.json").read_text())
+    assert (recommendation["baseline_val_errors"], recommendation["val_samples"]) == (7, 362)
+    warning = small_validation_warning(recommendation)
+    assert warning.startswith("the baseline makes only 7 errors on the 362 validation samples (fewer than 20)")
+    assert "the recommendation means little" in warning
+    assert MIN_BASELINE_VAL_ERRORS == 20
+    assert small_validation_warning({**recommendation, "baseline_val_errors": 20}) is None
+    assert small_validation_warning({**recommendation, "baseline_val_errors": 19}) is not None
+    write_evaluation(RUNS, COST, tmp_path, top_k=1, validation=validation)  # not measured: not recorded
+    assert "baseline_val_errors" not in json.loads((tmp_path / "recommendation.json").read_text())

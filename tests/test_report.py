@@ -50,11 +50,12 @@ def test_report_columns_rows_and_cells():
     assert lines[0] == "| | Baseline | CSADA | AP | SOSR | zeta |"
     labels = [line.split("|")[1].strip() for line in lines[2:]]
     assert labels == [
-        "WER (%)", "Total cost", "Top-1 cost pair error (%): c -> a",
+        "WER", "Total cost", "Top-1 cost pair error (%): c -> a",
         "Top-2 cost pair error (%): a -> c", "Overall accuracy (%)",
     ]
     wer = lines[2]
-    assert wer == "| WER (%) | 5.49 | 4.20 (0.03) | 5.07 (2.06) | 5.12 (2.08) | 6.00 (0.10) |"
+    # WER as it is (a mean cost, as in summary.json), four decimals; accuracy a percentage.
+    assert wer == "| WER | 0.0549 | 0.0420 (0.0003) | 0.0507 (0.0206) | 0.0512 (0.0208) | 0.0600 (0.0010) |"
     assert lines[3].split("|")[2].strip() == "54.9"  # total cost: one decimal, baseline plain
     assert lines[3].split("|")[3].strip() == "42.0 (0.3)"
     assert "n/a" in lines[5]  # the undefined top-2 rate
@@ -66,7 +67,7 @@ def test_report_second_table_for_expected_cost_and_header():
                          score_notes={"sosr": "SOSR's scores are a heuristic for SOSR.", "absent": "never shown"})
     assert text.index("## Decision rule: argmax") < text.index("## Decision rule: expected cost")
     ec = table(text, "## Decision rule: expected cost")
-    assert ec[2] == "| WER (%) | 5.00 | 4.00 (0.02) | 4.90 (0.10) | 5.00 (1.00) | n/a |"
+    assert ec[2] == "| WER | 0.0500 | 0.0400 (0.0002) | 0.0490 (0.0010) | 0.0500 (0.0100) | n/a |"
     assert text.index("heuristic for SOSR") > text.index("## Decision rule: expected cost")
     assert "never shown" not in text  # notes only for the methods in the summary
     assert "# Cost-sensitive evaluation: cifar10" in text
@@ -90,9 +91,11 @@ def test_report_from_real_evaluation(tmp_path):
             RunPredictions("csada", 1, logits.flip(1), labels, None)]
     summary = write_evaluation(runs, COST, tmp_path, top_k=3)
     text = render_report(summary, COST, dataset="toy", top_k=3)
-    # Baseline argmax: WER 9 / 4 = 2.25 -> "225.00"; total cost 9.0; accuracy 50%.
+    # Baseline argmax: WER 9 / 4 = 2.25, as summary.json holds it (not "225.00"); total cost 9.0.
     wer = table(text, "## Decision rule: argmax")[2]
-    assert wer.startswith("| WER (%) | 225.00 | ")
+    assert wer.startswith("| WER | 2.2500 | ")
+    assert summary["baseline"]["argmax"]["wer"]["mean"] == 2.25
+    assert "(not a percentage: with costs above 1 it can exceed 1)" in text
     path = tmp_path / "report" / "report.md"
     write_report(text, path)
     write_report(text, path)
@@ -101,22 +104,43 @@ def test_report_from_real_evaluation(tmp_path):
 
 def test_one_screen_summary_fits():
     paths = {"report": "reports/report.md", "figures": "results/figures"}
-    text = one_screen_summary(SUMMARY, COST, paths=paths, dataset="cifar10", top_k=2)
+    text = one_screen_summary(SUMMARY, COST, paths=paths, dataset="cifar10", top_k=2, width=100)
     lines = text.splitlines()
     assert len(lines) <= 25
     assert all(len(line) <= 100 for line in lines), max(map(len, lines))
-    assert lines[1].split() == ["method", "runs", "WER", "%", "argmax", "WER", "%", "exp-cost",
+    assert lines[1].split() == ["method", "runs", "WER", "argmax", "WER", "exp-cost",
                                 "top-1", "pair", "%", "accuracy", "%"]
     assert [line.split()[0] for line in lines[2:7]] == ["baseline", "csada", "ap", "sosr", "zeta"]
     assert re.split(r"\s{2,}", lines[3].strip()) == [
-        "csada", "5", "4.20 (0.03)", "4.00 (0.02)", "1.00 (0.00)", "95.00 (0.05)"]
-    assert lines[2].split()[1:] == ["1", "5.49", "5.00", "1.00", "95.00"]
+        "csada", "5", "0.0420 (0.0003)", "0.0400 (0.0002)", "1.00 (0.00)", "95.00 (0.05)"]
+    assert lines[2].split()[1:] == ["1", "0.0549", "0.0500", "1.00", "95.00"]
     assert "c -> a, cost 5" in text
     assert lines[-1] == "outputs: report reports/report.md, figures results/figures"
-    long = one_screen_summary(SUMMARY, COST, paths={"report": "x/" * 80 + "end.csv"}, top_k=2)
-    assert long.splitlines()[-1].startswith("...") and long.rstrip().endswith("end.csv")  # the informative tail
     # Without top pairs the column goes.
     assert "top-1" not in one_screen_summary(SUMMARY, COST, paths={}, top_k=0)
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 100])
+def test_the_console_summary_wraps_to_the_terminal_and_keeps_every_beginning(width, monkeypatch):
+    monkeypatch.setenv("COLUMNS", str(width))  # what shutil.get_terminal_size reads first
+    path = "results/" + "deep/" * 30 + "summary.json"
+    text = one_screen_summary(SUMMARY, COST, paths={"report": "reports/report.md", "all numbers": path},
+                              dataset="a-data-set-with-a-rather-long-name", top_k=2)
+    lines = text.splitlines()
+    assert all(len(line) <= width for line in lines), (width, max(lines, key=len))
+    title = "Evaluation of a-data-set-with-a-rather-long-name: mean (sd) over replications, rule argmax"
+    assert " ".join(line.strip() for line in lines).startswith(title)  # wrapped, never cut
+    assert "".join(line.strip() for line in lines).count(path) == 1  # the path whole, across lines
+    table = [line for line in lines if line.split()[0] in ("method", *SUMMARY)]
+    assert [line.split()[0] for line in table] == ["method", "baseline", "csada", "ap", "sosr", "zeta"]
+    assert all(line.split()[1] in ("runs", "1", "3", "5") for line in table)
+    if width <= 60:  # the table is 76 wide: the sd goes before any column does; columns that go are named
+        assert "(0.0003)" not in text and "0.0420" in text
+    else:
+        assert "0.0420 (0.0003)" in text and "too narrow" not in text
+    if width == 40:
+        joined = " ".join(line.strip() for line in lines)
+        assert "(too narrow for top-1 pair %, accuracy %: see the report)" in joined
 
 
 @pytest.mark.parametrize(
@@ -149,9 +173,9 @@ def test_the_report_opens_with_the_recommendation_and_says_whether_the_differenc
     assert "Recommended: **CSADA, decision rule argmax**" in section
     assert table(text, "## Recommendation") == [
         "| | Baseline (argmax) | Recommended (CSADA, decision rule argmax) |", "|---|---:|---:|",
-        "| Validation WER (%) | 5.00 | 4.00 |", "| Test WER (%) | 5.50 | 4.50 |",
+        "| Validation WER | 0.0500 | 0.0400 |", "| Test WER | 0.0550 | 0.0450 |",
         "| Test accuracy (%) | 95.00 | 95.10 |"]
-    assert "-1.00 points, 90% confidence interval [-2.00, -0.10] over 5 paired" in section
+    assert "-0.0100, 90% confidence interval [-0.0200, -0.0010] over 5 paired" in section
     assert "excludes 0: the recommended model's test WER is lower" in section
     assert text.index("## Recommendation") < text.index("## Decision rule")
     noisy = render_report(SUMMARY, COST, dataset="d", top_k=1, recommendation=recommendation(upper=0.004))
@@ -172,7 +196,7 @@ def test_the_report_shows_what_the_search_chose():
                "settings": {"optim": {"epochs": 8}}}}}
     text = render_report(SUMMARY, COST, dataset="d", top_k=1, search=search)
     rows = table(text, "## Hyperparameter search")
-    assert rows[2] == "| CSADA | 7 (3) | adv_weight 4.25, lr 0.0001, steps 6 | 7 | 9.86 | 94.90 |"
+    assert rows[2] == "| CSADA | 7 (3) | adv_weight 4.25, lr 0.0001, steps 6 | 7 | 0.0986 | 94.90 |"
     assert rows[3] == "| AP | 0 | recipe settings: not searched (search.max_trials is 0) | 8 | | |"
     assert "down to 94.15% on validation" in text
 
@@ -180,7 +204,36 @@ def test_the_report_shows_what_the_search_chose():
 def test_the_console_recommendation_lines_fit_the_screen():
     from pipeline.reporting.report import recommendation_line
 
-    lines = recommendation_line(recommendation(upper=0.002)).splitlines()
+    lines = recommendation_line(recommendation(upper=0.002), width=100).splitlines()
     assert lines[0] == "recommended on validation: CSADA, decision rule argmax"
-    assert lines[1] == "  test WER %: 4.50 vs 5.50 for the baseline; difference -1.00, 90% CI [-2.00, 0.20]: within noise"
-    assert lines[2] == "  test accuracy %: 95.10 vs 95.00" and all(len(line) <= 100 for line in lines)
+    assert lines[1] == "  test WER: 0.0450 (baseline 0.0550), difference -0.0100, 90% CI [-0.0200, 0.0020]: within noise"
+    assert lines[2] == "  test accuracy %: 95.10 (baseline 95.00)" and all(len(line) <= 100 for line in lines)
+    narrow = recommendation_line(recommendation(upper=0.002), width=50).splitlines()
+    assert all(len(line) <= 50 for line in narrow) and len(narrow) > 3
+    wer = next(i for i, line in enumerate(narrow) if line.startswith("  test WER: 0.0450"))
+    assert narrow[wer + 1].startswith("    -0.0100")  # wrapped, indented under its line
+    assert " ".join(line.strip() for line in narrow).endswith("within noise test accuracy %: 95.10 (baseline 95.00)")
+
+
+def test_the_report_warns_beside_the_recommendation_when_validation_is_too_small():
+    def section(errors):
+        chosen = {**recommendation(), "baseline_val_errors": errors, "val_samples": 362}
+        text = render_report(SUMMARY, COST, dataset="d", top_k=1, recommendation=chosen)
+        return text.split("## Recommendation", 1)[1].split("\n## ", 1)[0]
+
+    small = section(7)
+    assert ("**Warning: a small validation split.** The baseline makes only 7 errors on the 362 validation "
+            "samples (fewer than 20)") in small
+    assert small.index("Recommended: **CSADA") < small.index("**Warning") < small.index("| | Baseline")
+    assert "Warning" not in section(20)
+
+
+def test_the_report_says_which_methods_made_identical_test_predictions():
+    text = render_report(SUMMARY, COST, dataset="d", top_k=1,
+                         identical={"argmax": [["ap", "sosr"]], "expected_cost": [["baseline", "csada", "zeta"]]})
+    argmax = text.split("## Decision rule: argmax", 1)[1].split("\n## ", 1)[0]
+    expected = text.split("## Decision rule: expected cost", 1)[1].split("\n## ", 1)[0]
+    assert ("AP and SOSR predicted the same class for every test sample in every run under this rule, so their "
+            "columns are equal") in argmax
+    assert "Baseline, CSADA and zeta predicted the same class" in expected and "AP and SOSR" not in expected
+    assert "predicted the same class" not in render_report(SUMMARY, COST, dataset="d", top_k=1)

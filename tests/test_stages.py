@@ -18,6 +18,7 @@ import yaml
 from pipeline.config import ConfigError, load_config
 from pipeline.datasets.prepare import load_prepared
 from pipeline.method.costfiles import load_costs
+from pipeline.reporting.report import RULE_TITLES, identical_note
 from pipeline.runs.checkpoints import RunStore
 from pipeline.runs.jobs import run_name
 from pipeline.runs.train import train_func
@@ -96,11 +97,26 @@ def test_evaluate_and_report_write_their_outputs(toy_project, monkeypatch, capsy
                                             if k.startswith("baseline/"))
     assert set(summary) == {"baseline", "csada", "ap", "sosr", "penalty", "soft_labels", "logit_adjusted"}
     assert summary["baseline"]["argmax"]["n"]["mean"] == 1500  # the toy's 500 test points per class
+    said = capsys.readouterr().out
+    # The baseline's validation errors, counted here from its model: recorded, and warned about below 20.
+    data = load_prepared("toy", config.paths.raw, config.paths.manifest, augment=False)
+    model = evaluate.trained_model(config.paths.baseline, data, load_costs(config.paths.cost).as_tensor()).eval()
+    val = data.split("val")
+    errors = int((model(val.x).argmax(1) != val.y).sum())
+    assert (recommendation["baseline_val_errors"], recommendation["val_samples"]) == (errors, len(val.y))
+    assert ("evaluate: warning: the baseline makes only" in said) == (errors < 20), (errors, said)
     report.main(config)
     assert "Evaluation of toy" in capsys.readouterr().out
     text = (root / "results/report.md").read_text()
     assert "# Cost-sensitive evaluation: toy" in text and "## Recommendation" in text
     assert "## Hyperparameter search" in text and "not searched (search.max_trials is 0)" in text
+    assert ("**Warning: a small validation split.**" in text) == (errors < 20)  # the toy's baseline: 0 of 150
+    # One epoch from the toy's baseline changes few decisions, if any: some methods predict alike.
+    same = json.loads((root / "results/summary.json").read_text())["identical_predictions"]
+    assert same, "no identical predictions on the toy: this check needs a fixture that has some"
+    for rule, groups in same.items():
+        for group in groups:
+            assert identical_note(group) in text.split(RULE_TITLES[rule], 1)[1].split("\n## ", 1)[0]
 
 
 def test_no_output_holds_an_absolute_path(toy_project):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.console import console_width, wrap
 from pipeline.runs.jobs import TrainJob
 
 RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data")
@@ -36,10 +37,11 @@ def quiet_ray_logging(log_file: Path) -> None:
 
 
 def say(line: str) -> None:
-    """A line on the console that does not break the progress bar."""
+    """A line on the console, wrapped to its width, that does not break the progress bar."""
     from tqdm import tqdm
 
-    tqdm.write(line, file=sys.stdout)
+    for part in wrap(line):
+        tqdm.write(part, file=sys.stdout)
     sys.stdout.flush()
 
 
@@ -64,7 +66,7 @@ class _TrialProgress:
         epochs = sum(job.optim["epochs"] + job.optim.get("head_only_epochs", 0) for job in jobs)
         # A bar on a terminal; where the output is a file or a pipe the per-run lines say it all.
         self.bar = tqdm(total=epochs, unit="epoch", desc=f"{stage}: 0/{len(jobs)} runs", file=sys.stdout,
-                        mininterval=1.0, ncols=100, disable=not sys.stdout.isatty(),
+                        mininterval=1.0, ncols=console_width(), disable=not sys.stdout.isatty(),
                         bar_format="{desc} {bar} {n_fmt}/{total_fmt} epochs [{elapsed}<{remaining}]")
         self.stage, self.clock = stage, time.monotonic()
 

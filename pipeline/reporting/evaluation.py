@@ -35,8 +35,10 @@ Files written by :func:`pipeline.reporting.outputs.write_evaluation`, under its 
                                  (:data:`HEADLINE`), the baseline first. Its keys keep that order
                                  (DVC shows the columns in the file's order).
 * ``summary.json``               ``{"methods": <the summary above>, "recommendation": ...,
-                                 "temperatures": {run: T}}``: sd, intervals, every top-k pair, the
-                                 recommended model and each model's fitted temperature.
+                                 "temperatures": {run: T}, "identical_predictions": ...}``: sd,
+                                 intervals, every top-k pair, the recommended model, each model's
+                                 fitted temperature, and per rule the methods whose test predictions
+                                 coincide (:func:`identical_predictions`).
 * ``recommendation.json``        the (method, decision rule) of lowest validation WER (:func:`recommend`)
                                  with its test WER and accuracy, the baseline's, and the paired
                                  difference (:func:`recommendation_record`), for a CI job to gate on.
@@ -272,6 +274,23 @@ def summarize_runs(runs: Sequence[RunPredictions], cost: CostMatrix, top_k: int)
     groups = _group_runs(runs)
     evaluated = {run.name: evaluate_run(run, cost, top_k) for group in groups.values() for run in group}
     return _summarize_evaluated(groups, evaluated)
+
+
+def identical_predictions(groups: Mapping[str, list[RunPredictions]], cost: CostMatrix) -> dict[str, list[list[str]]]:
+    """Per rule, the groups of two or more methods (table order) that predicted the same class for
+    every test sample: their runs agree replication by replication, and a method whose runs all
+    agree stands as one run, so a fine-tuning that changed no decision matches the baseline.
+    Rules with no such group are left out."""
+    same: dict[str, list[list[str]]] = {}
+    for rule in RULES:
+        by_decisions: dict[tuple[bytes, ...], list[str]] = {}
+        for method, group in groups.items():
+            decisions = [decide(rule, run.logits, cost, run.temperature).cpu().numpy().tobytes() for run in group]
+            key = tuple(decisions[:1] if len(set(decisions)) == 1 else decisions)
+            by_decisions.setdefault(key, []).append(method)
+        if any(len(methods) > 1 for methods in by_decisions.values()):
+            same[rule] = [methods for methods in by_decisions.values() if len(methods) > 1]
+    return same
 
 
 def metrics_summary(evaluation: Mapping[str, Any]) -> dict[str, Any]:

@@ -81,12 +81,12 @@ def draw_wer(summary: Mapping[str, Any], methods: Sequence[str], labels: Mapping
     figure, axis = plt.subplots(figsize=(1.4 * len(methods) + 4, 3.6), layout="constrained")
     width = 0.8 / len(rules)
     for i, rule in enumerate(rules):
-        means = [100 * (summary[m].get(rule, {}).get("wer", {}).get("mean") or np.nan) for m in methods]
-        sds = [100 * (summary[m].get(rule, {}).get("wer", {}).get("sd") or 0.0) for m in methods]
+        means = [summary[m].get(rule, {}).get("wer", {}).get("mean") or np.nan for m in methods]
+        sds = [summary[m].get(rule, {}).get("wer", {}).get("sd") or 0.0 for m in methods]
         x = np.arange(len(methods)) + (i - (len(rules) - 1) / 2) * width
         axis.bar(x, means, width, yerr=sds, capsize=3, label=RULE_LABELS[rule])
     axis.set_xticks(np.arange(len(methods)), [labels.get(m, m) for m in methods])
-    axis.set_ylabel("test WER (%)")
+    axis.set_ylabel("test WER (cost per prediction)")
     axis.set_title("Test WER by method and decision rule (mean, sd over replications)")
     # Beside the axes, its top level with theirs: never over a bar, nor under a title wider than the axes.
     axis.legend(title="decision rule", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
@@ -168,11 +168,11 @@ def draw_curves(baseline: pd.DataFrame, finetune: pd.DataFrame, labels: Mapping[
     for i, (method, runs) in enumerate(finetune.groupby("method", sort=False)):
         for j, (_, run) in enumerate(runs.groupby("run", sort=False)):
             # Markers: a run that stopped after one validated epoch is a point, not an invisible line.
-            right.plot(run["epoch"] + 1, 100 * run["val_wer"], "o-", ms=3, color=colours[i % len(colours)],
+            right.plot(run["epoch"] + 1, run["val_wer"], "o-", ms=3, color=colours[i % len(colours)],
                        alpha=0.8, label=labels.get(method, method) if j == 0 else None)
     right.set_title("Fine-tuning: validation WER (one line per replication)")
     right.set_xlabel("epoch")
-    right.set_ylabel("validation WER (%)")
+    right.set_ylabel("validation WER (cost per prediction)")
     figure.legend(ncols=4, loc="outside lower center")  # below the panels, never over the lines
     for axis in (left, right):
         axis.grid(alpha=0.3)

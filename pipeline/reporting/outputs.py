@@ -38,6 +38,7 @@ from pipeline.reporting.evaluation import (
     confusion_rows,
     evaluate_run,
     headline_metrics,
+    identical_predictions,
     history_table,
     metrics_summary,
     pair_error_table,
@@ -84,11 +85,13 @@ def read_summary(path: str | Path) -> dict[str, Any]:
 def write_evaluation(
     runs: Sequence[RunPredictions], cost: CostMatrix, out_dir: str | Path, top_k: int,
     validation: Mapping[str, Mapping[str, float]] | None = None,
+    baseline_val_errors: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``runs``, write every output listed in the module docstring under ``out_dir``.
 
     ``validation`` (run name -> {rule: validation WER}) picks the recommended model (see
-    :func:`recommend`); without it the baseline stands. Returns the summary.
+    :func:`recommend`); without it the baseline stands. ``baseline_val_errors`` (errors, samples
+    of the baseline on validation) goes into the recommendation. Returns the summary.
     """
     top_k = check_top_k(top_k, cost)
     out_dir = Path(out_dir)
@@ -103,7 +106,8 @@ def write_evaluation(
         recommendation = {"method": next(iter(groups)), "decision_rule": CONFUSION_RULE}
     else:
         recommendation = recommendation_record(
-            recommend(validation, {m: [r.name for r in g] for m, g in groups.items()}), evaluation, validation)
+            recommend(validation, {m: [r.name for r in g] for m, g in groups.items()}), evaluation, validation,
+            baseline_val_errors)
     chosen = recommendation["method"]
     # DVC's confusion template counts rows, so it cannot draw a mean over replications, and pooled
     # rows would set n models' errors beside the baseline's one: the first replication stands for
@@ -118,7 +122,8 @@ def write_evaluation(
     # In its own order, not sorted: DVC shows the columns in the file's order (evaluation.HEADLINE).
     write_json(headline_metrics(summary, recommendation), out_dir / HEADLINE_FILE, sort_keys=False)
     write_json({"methods": summary, "recommendation": recommendation,
-                "temperatures": {run.name: run.temperature for run in ordered}}, out_dir / SUMMARY_FILE)
+                "temperatures": {run.name: run.temperature for run in ordered},
+                "identical_predictions": identical_predictions(groups, cost)}, out_dir / SUMMARY_FILE)
     write_json(recommendation, out_dir / RECOMMENDATION_FILE)
     write_json(evaluation, out_dir / EVALUATION_FILE)
     write_csv(pairs, out_dir / PAIR_ERRORS_CSV)

@@ -1,5 +1,5 @@
 """The recommendation: the (method, decision rule) of lowest validation WER, and its test
-results beside the baseline's.
+results beside the baseline's, and whether the validation split was large enough for it to mean much.
 """
 
 from __future__ import annotations
@@ -13,6 +13,10 @@ from pipeline.method.metrics import (
     mean_interval,
 )
 from pipeline.reporting.evaluation import BASELINE, BASELINE_RULE, RULES, EvaluationError
+
+# Below this many baseline errors on validation, validation WER (which chose every setting and the
+# recommended model) moves by whole errors of a handful of samples, so the choice says little.
+MIN_BASELINE_VAL_ERRORS = 20
 
 
 def recommend(validation: Mapping[str, Mapping[str, float]], methods: Mapping[str, list[str]]) -> dict[str, Any]:
@@ -31,7 +35,8 @@ def recommend(validation: Mapping[str, Mapping[str, float]], methods: Mapping[st
 
 
 def recommendation_record(choice: Mapping[str, Any], evaluation: Mapping[str, Any],
-                          validation: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+                          validation: Mapping[str, Mapping[str, float]],
+                          baseline_val_errors: tuple[int, int] | None = None) -> dict[str, Any]:
     """``choice`` (from :func:`recommend`) with its test results beside the baseline's.
 
     ``baseline`` is the baseline model under :data:`BASELINE_RULE`, what the user had before.
@@ -40,6 +45,9 @@ def recommendation_record(choice: Mapping[str, Any], evaluation: Mapping[str, An
     the 90% Student-t confidence interval of the mean (:func:`pipeline.method.metrics.mean_interval`).
     ``includes_zero`` says the interval does not exclude "no difference"; with one run there is
     no interval (``n`` 1, lower = upper = mean, ``includes_zero`` null).
+    ``baseline_val_errors`` (errors, samples): the baseline's errors under its rule on the
+    validation split, recorded as ``baseline_val_errors`` and ``val_samples`` for
+    :func:`small_validation_warning`.
     """
     method, rule = choice["method"], choice["decision_rule"]
     if BASELINE not in evaluation:
@@ -48,8 +56,11 @@ def recommendation_record(choice: Mapping[str, Any], evaluation: Mapping[str, An
     runs = evaluation[method]["runs"]
     differences = mean_interval([values[rule]["wer"] - base_run["wer"] for values in runs.values()])
     accuracy_gain = mean_interval([values[rule]["accuracy"] - base_run["accuracy"] for values in runs.values()])
+    size = {} if baseline_val_errors is None else {"baseline_val_errors": int(baseline_val_errors[0]),
+                                                   "val_samples": int(baseline_val_errors[1])}
     return {
         **dict(choice),
+        **size,
         "test_wer": float(np.mean([values[rule]["wer"] for values in runs.values()])),
         "test_accuracy": float(np.mean([values[rule]["accuracy"] for values in runs.values()])),
         "replications": len(runs),
@@ -62,3 +73,15 @@ def recommendation_record(choice: Mapping[str, Any], evaluation: Mapping[str, An
         "accuracy_difference": {"mean": accuracy_gain.mean, "lower": accuracy_gain.lower,
                                 "upper": accuracy_gain.upper, "n": accuracy_gain.n},
     }
+
+
+def small_validation_warning(record: Mapping[str, Any]) -> str | None:
+    """What to tell a user whose recommendation rests on fewer than :data:`MIN_BASELINE_VAL_ERRORS`
+    baseline errors on validation (``record`` from :func:`recommendation_record`); None otherwise."""
+    errors = record.get("baseline_val_errors")
+    if errors is None or errors >= MIN_BASELINE_VAL_ERRORS:
+        return None
+    return (f"the baseline makes only {errors} errors on the {record['val_samples']} validation samples (fewer than "
+            f"{MIN_BASELINE_VAL_ERRORS}), so validation WER, which chose the settings and the recommended model, "
+            "turns on a handful of samples and the recommendation means little; a larger validation split would "
+            "tell the methods apart")

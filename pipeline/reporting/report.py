@@ -5,6 +5,11 @@ writes to ``summary.json`` under ``methods`` (``{method: {rule: {metric: {mean, 
 The tables follow the layout of the paper's Tables 3-7: methods as columns (Baseline, CSADA,
 AP, SOSR, Penalty, then any others), rows WER, total cost, the error rates of the costliest
 pairs and overall accuracy, each cell ``mean (sd)`` over replications.
+
+WER is shown as it is, total cost / number of predictions, the value every metrics file holds:
+not a percentage, since with costs above 1 it can exceed 1. Accuracy and pair error rates, which
+are shares of samples, are percentages. Console lines are wrapped to the terminal's width
+(pipeline.console), never cut.
 """
 
 from __future__ import annotations
@@ -16,12 +21,14 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.console import console_width, wrap
 from pipeline.errors import UserError
 from pipeline.fileio import atomic_write_bytes
 from pipeline.method.costs import CostMatrix
 from pipeline.method.decision import DECISION_RULES
 from pipeline.method.metrics import Summary, check_top_k, format_mean_sd
 from pipeline.reporting.evaluation import DISPLAY_NAMES, SUMMARY_FILE, ordered_methods
+from pipeline.reporting.recommendation import small_validation_warning
 
 RULE_TITLES = {
     "argmax": "argmax (predict the highest-scoring class)",
@@ -31,7 +38,7 @@ RULE_TITLES = {
 }
 SHORT_RULES = {"argmax": "argmax", "expected_cost": "exp-cost", "calibrated_expected_cost": "calibrated"}
 MISSING = "n/a"
-SCREEN_WIDTH = 100
+WER_DIGITS = 4  # WER's own value (a mean cost), to four decimals wherever it is shown
 
 
 class ReportError(UserError):
@@ -96,7 +103,7 @@ def _pair_label(cost: CostMatrix, i: int, j: int) -> str:
 
 def _rows(cost: CostMatrix, top_k: int) -> list[tuple[str, str, float, int]]:
     """(row label, metric key, scale, digits) in the paper's row order."""
-    rows = [("WER (%)", "wer", 100.0, 2), ("Total cost", "total_cost", 1.0, 1)]
+    rows = [("WER", "wer", 1.0, WER_DIGITS), ("Total cost", "total_cost", 1.0, 1)]
     for r, (i, j) in enumerate(cost.top_pair_indices(top_k) if top_k else [], start=1):
         rows.append((f"Top-{r} cost pair error (%): {_pair_label(cost, i, j)}", f"top{r}_pair_error_rate", 100.0, 2))
     rows.append(("Overall accuracy (%)", "accuracy", 100.0, 2))
@@ -142,26 +149,32 @@ def _percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
+def _wer(value: float) -> str:
+    return f"{value:.{WER_DIGITS}f}"
+
+
 def recommendation_lines(recommendation: Mapping[str, Any]) -> list[str]:
     """The recommended model beside the baseline, and whether the test difference is real."""
     method, rule = recommendation["method"], recommendation["decision_rule"]
     base, diff = recommendation["baseline"], recommendation["paired_difference"]
     name = f"{_display(method)}, decision rule {rule}"
+    warning = small_validation_warning(recommendation)
     lines = [
         f"Recommended: **{_md(name)}**, the lowest mean validation WER of every (method, decision rule) "
         "pair; the baseline wins ties, so the recommendation is never worse than the baseline on validation.",
+        *(["", f"**Warning: a small validation split.** {_md(warning[0].upper() + warning[1:])}."] if warning else []),
         "",
         f"| | Baseline ({base['decision_rule']}) | Recommended ({_md(name)}) |",
         "|---|---:|---:|",
-        f"| Validation WER (%) | {_percent(base['val_wer'])} | {_percent(recommendation['val_wer'])} |",
-        f"| Test WER (%) | {_percent(base['test_wer'])} | {_percent(recommendation['test_wer'])} |",
+        f"| Validation WER | {_wer(base['val_wer'])} | {_wer(recommendation['val_wer'])} |",
+        f"| Test WER | {_wer(base['test_wer'])} | {_wer(recommendation['test_wer'])} |",
         f"| Test accuracy (%) | {_percent(base['test_accuracy'])} | {_percent(recommendation['test_accuracy'])} |",
         "",
     ]
     if method == "baseline" and rule == base["decision_rule"]:
         return lines + ["No method beat the baseline on validation: keep the baseline model as it is."]
-    span = (f"{_percent(diff['mean'])} points, 90% confidence interval [{_percent(diff['lower'])}, "
-            f"{_percent(diff['upper'])}] over {diff['n']} paired replication(s)")
+    span = (f"{_wer(diff['mean'])}, 90% confidence interval [{_wer(diff['lower'])}, "
+            f"{_wer(diff['upper'])}] over {diff['n']} paired replication(s)")
     if diff["n"] < 2:
         verdict = "One run: no interval, so no claim beyond this test set."
     elif diff["includes_zero"]:
@@ -181,7 +194,7 @@ def search_lines(search: Mapping[str, Any]) -> list[str]:
     lines = [f"Settings chosen on validation WER; a setting could lose at most the accuracy down to "
              f"{_percent(search['accuracy_floor'])}% on validation (the baseline's minus search.max_accuracy_drop).",
              "",
-             "| Method | Trials (stopped early) | Chosen | Epochs | Validation WER (%) | Validation accuracy (%) |",
+             "| Method | Trials (stopped early) | Chosen | Epochs | Validation WER | Validation accuracy (%) |",
              "|---|---:|---|---:|---:|---:|"]
     for method, entry in search["methods"].items():
         if not entry.get("searched"):
@@ -193,7 +206,7 @@ def search_lines(search: Mapping[str, Any]) -> list[str]:
         values = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(best["values"].items()))
         flag = "" if best["feasible"] else " (accuracy below the floor)"
         lines.append(f"| {_md(_display(method))} | {entry['trials']} ({entry['stopped_early']}) | {_md(values) or 'n/a'} "
-                     f"| {best['epoch']} | {_percent(best['val_wer'])}{flag} | {_percent(best['val_accuracy'])} |")
+                     f"| {best['epoch']} | {_wer(best['val_wer'])}{flag} | {_percent(best['val_accuracy'])} |")
     return lines
 
 
@@ -208,12 +221,15 @@ def render_report(
     score_notes: Mapping[str, str] | None = None,
     recommendation: Mapping[str, Any] | None = None,
     search: Mapping[str, Any] | None = None,
+    identical: Mapping[str, list[list[str]]] | None = None,
 ) -> str:
     """The Markdown report: a header, the recommendation, the table under ``rule``, then one per
     other rule, then what the search chose.
 
     ``score_notes`` (method -> text) are printed under the expected-cost tables for the methods
-    whose scores are not calibrated logits (``pipeline.method.registry.MethodSpec.scores_note``)."""
+    whose scores are not calibrated logits (``pipeline.method.registry.MethodSpec.scores_note``).
+    ``identical`` (rule -> groups of methods, summary.json's ``identical_predictions``) notes under a
+    rule's table the methods whose test predictions were the same, sample for sample."""
     methods = _check_summary(summary, rule)
     if not isinstance(dataset, str) or not dataset.strip():
         raise ReportError(f"dataset must be a non-empty name, got {dataset!r}")
@@ -235,8 +251,10 @@ def render_report(
         "",
         "## How to read the tables",
         "",
-        "WER (weighted error rate) is the average misclassification cost per test prediction, "
-        "shown times 100 as in the paper; total cost adds up the costs of all test errors. "
+        "WER (weighted error rate) is the average misclassification cost per test prediction: the "
+        "total cost of the test errors divided by the number of test samples, shown as it is (not a "
+        "percentage: with costs above 1 it can exceed 1), as in every metrics file; total cost adds up "
+        "the costs of all test errors. "
         "A top-r cost pair error is the percentage of test samples of the pair's true class that "
         "were predicted as the pair's predicted class, with pairs ranked by cost. "
         "Each cell is the mean over replications with the sample standard deviation in brackets; "
@@ -250,11 +268,20 @@ def render_report(
     for r in rules:
         lines += ["", f"## Decision rule: {RULE_TITLES.get(r, r)}", ""]
         lines += methods_table(summary, methods, r, cost, top_k)
+        lines += [line for group in (identical or {}).get(r, []) for line in ("", identical_note(group))]
         if r != "argmax":
             lines += [line for m in methods if m in (score_notes or {}) for line in ("", score_notes[m])]
     if search:
         lines += ["", "## Hyperparameter search", "", *search_lines(search)]
     return "\n".join(lines) + "\n"
+
+
+def identical_note(methods: list[str]) -> str:
+    """Why some columns of a table agree: the methods made the same test predictions."""
+    names = [_display(m) for m in methods]
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+    return (f"{_md(listed)} predicted the same class for every test sample in every run under this rule, so "
+            "their columns are equal: different trainings that ended at the same decisions, not a copy.")
 
 
 def _rule_order(rule: str) -> tuple[int, str]:
@@ -271,9 +298,24 @@ def write_report(text: str, path: str | Path) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _fit(text: str, width: int) -> str:
-    """``text`` cut from the left to ``width`` characters, keeping the informative tail."""
-    return text if len(text) <= width else "..." + text[-(width - 3):]
+def _fit_table(header: list[str], rows: list[list[str]], width: int) -> tuple[list[str], list[str]]:
+    """Aligned lines of a table (first column left, the others right, two spaces apart) within
+    ``width``: as it is when it fits, else with its cells' ``(sd)`` left out, else without its last
+    columns (never fewer than three). Returns the lines and the headers of the columns left out."""
+    def lines(table: list[list[str]]) -> list[str]:
+        widths = [max(len(row[c]) for row in table) for c in range(len(table[0]))]
+        return [("  ".join([row[0].ljust(widths[0])] + [cell.rjust(w) for cell, w in zip(row[1:], widths[1:])])).rstrip()
+                for row in table]
+
+    table = [header, *rows]
+    if max(map(len, lines(table))) <= width:
+        return lines(table), []
+    means = [[cell.split(" (")[0] for cell in row] for row in table]
+    for keep in range(len(header), 3, -1):
+        shown = lines([row[:keep] for row in means])
+        if max(map(len, shown)) <= width:
+            return shown, header[keep:]
+    return lines([row[:3] for row in means]), header[3:]  # a method, its runs, its WER: the least to show
 
 
 def one_screen_summary(
@@ -284,53 +326,54 @@ def one_screen_summary(
     dataset: str | None = None,
     top_k: int = 1,
     rule: str = "argmax",
+    width: int | None = None,
 ) -> str:
-    """A plain-text table of the headline numbers and the output paths, within 100 columns.
+    """A plain-text table of the headline numbers and the output paths, within ``width`` columns
+    (default: the terminal's, :func:`pipeline.console.console_width`).
 
     One line per method: runs, WER under ``rule`` and under each other rule, the error rate of
     the costliest pair (when ``top_k`` >= 1) and accuracy; then one line per entry of ``paths``
-    (label -> path). Cells are ``mean (sd)`` as in the report.
+    (label -> path). Cells are ``mean (sd)`` as in the report; on a narrow terminal the table
+    drops the ``(sd)``, then its last columns (saying which), and the other lines wrap.
     """
     methods = _check_summary(summary, rule)
     top_k = check_top_k(top_k, cost)
+    width = width or console_width()
     present = {r for rules in summary.values() for r in rules}
     others = sorted(present - {rule}, key=_rule_order)
-    rule_name = SHORT_RULES.get(rule, rule)
-    # (header, rule, metric key, scale, digits, width)
-    columns = [(f"WER % {rule_name}", rule, "wer", 100.0, 2, 13)]
-    columns += [(f"WER % {SHORT_RULES.get(r, r)}", r, "wer", 100.0, 2, 13) for r in others[:2]]
+    # (header, rule, metric key, scale, digits)
+    columns = [(f"WER {SHORT_RULES.get(r, r)}", r, "wer", 1.0, WER_DIGITS) for r in [rule, *others[:2]]]
     if top_k:
-        columns.append(("top-1 pair %", rule, "top1_pair_error_rate", 100.0, 2, 13))
-    columns.append(("accuracy %", rule, "accuracy", 100.0, 2, 13))
-
-    def row(name: str, runs: str, cells: list[str]) -> str:
-        text = f"{name[:14]:<14} {runs:>4}" + "".join(f"  {c:>{col[5]}}" for c, col in zip(cells, columns))
-        return text.rstrip()[:SCREEN_WIDTH]
-
-    title = f"Evaluation{f' of {dataset}' if dataset else ''}: mean (sd) over replications, rule {rule}"
-    lines = [_fit(title, SCREEN_WIDTH), row("method", "runs", [c[0] for c in columns])]
-    for m in methods:
-        cells = [_cell(summary[m].get(r, {}).get(key), scale, digits) for _, r, key, scale, digits, _ in columns]
-        lines.append(row(m, str(_replications(summary, m)), cells))
+        columns.append(("top-1 pair %", rule, "top1_pair_error_rate", 100.0, 2))
+    columns.append(("accuracy %", rule, "accuracy", 100.0, 2))
+    rows = [[m, str(_replications(summary, m)),
+             *(_cell(summary[m].get(r, {}).get(key), scale, digits) for _, r, key, scale, digits in columns)]
+            for m in methods]
+    table, left_out = _fit_table(["method", "runs", *(c[0] for c in columns)], rows, width)
+    lines = [*wrap(f"Evaluation{f' of {dataset}' if dataset else ''}: mean (sd) over replications, rule {rule}",
+                   width), *table]
+    if left_out:
+        lines += wrap(f"(too narrow for {', '.join(left_out)}: see the report)", width)
     if top_k:
         (i, j), = cost.top_pair_indices(1)
-        lines.append(_fit(f"top-1 pair (true -> predicted): {_pair_label(cost, i, j)}, cost {cost.values[i, j]:.3g}",
-                          SCREEN_WIDTH))
+        lines += wrap(f"top-1 pair (true -> predicted): {_pair_label(cost, i, j)}, cost {cost.values[i, j]:.3g}", width)
     if paths:
-        lines.append(_fit("outputs: " + ", ".join(f"{label} {path}" for label, path in paths.items()), SCREEN_WIDTH))
+        lines += wrap("outputs: " + ", ".join(f"{label} {path}" for label, path in paths.items()), width)
     return "\n".join(lines) + "\n"
 
 
-def recommendation_line(recommendation: Mapping[str, Any]) -> str:
-    """Three console lines: the recommended model, and its test WER and accuracy against the baseline's."""
+def recommendation_line(recommendation: Mapping[str, Any], width: int | None = None) -> str:
+    """Console lines: the recommended model, and its test WER and accuracy against the baseline's,
+    wrapped to ``width`` (default: the terminal's)."""
     base, diff = recommendation["baseline"], recommendation["paired_difference"]
     interval = ""
     if diff["n"] > 1:
-        interval = f", 90% CI [{_percent(diff['lower'])}, {_percent(diff['upper'])}]" + (
+        interval = f", 90% CI [{_wer(diff['lower'])}, {_wer(diff['upper'])}]" + (
             ": within noise" if diff["includes_zero"] else "")
     chosen = f"{_display(recommendation['method'])}, decision rule {recommendation['decision_rule']}"
-    return "\n".join(_fit(line, SCREEN_WIDTH) for line in (
+    return "\n".join(line for text in (
         f"recommended on validation: {chosen}",
-        f"  test WER %: {_percent(recommendation['test_wer'])} vs {_percent(base['test_wer'])} for the baseline; "
-        f"difference {_percent(diff['mean'])}{interval}",
-        f"  test accuracy %: {_percent(recommendation['test_accuracy'])} vs {_percent(base['test_accuracy'])}"))
+        f"  test WER: {_wer(recommendation['test_wer'])} (baseline {_wer(base['test_wer'])}), "
+        f"difference {_wer(diff['mean'])}{interval}",
+        f"  test accuracy %: {_percent(recommendation['test_accuracy'])} (baseline {_percent(base['test_accuracy'])})")
+        for line in wrap(text, width))
