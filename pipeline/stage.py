@@ -8,7 +8,8 @@ user can cause or fix ends as one line, ``error in stage <name>: ...``, and exit
 * a :class:`~pipeline.errors.UserError` (bad params, data, cost matrices or checkpoints, a run
   that diverged or that another process trains);
 * a file that is missing, unreadable or unwritable (``OSError``: permissions, a full disk);
-* an interrupt (exit status 130).
+* an interrupt (exit status 130);
+* the loss of the Ray cluster it trains on (:func:`pipeline.cluster.lifeline.watch_cluster`).
 
 Anything else is a bug and keeps its traceback; ``CSADA_TRACEBACK=1`` shows the traceback of the
 one-line cases too. A stage started by ``dvc`` stops when that ``dvc`` dies (pipeline.cluster.lifeline).
@@ -55,7 +56,8 @@ def run_stage(name: str, main: Callable[[Config], str], params: str = "params.ya
     started = time.perf_counter()
     lifeline.watch(name)
     try:
-        said = main(load_config(params))
+        with lifeline.running(name):
+            said = main(load_config(params))
     except KeyboardInterrupt:
         print(f"stage {name}: interrupted; run it again to resume", file=sys.stderr)
         raise SystemExit(130) from None

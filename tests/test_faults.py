@@ -325,6 +325,35 @@ def test_a_process_without_dvc_above_it_is_not_watched():
     assert lifeline.watch("x") is None
 
 
+def test_a_stage_ends_in_one_line_with_status_2_once_its_cluster_stops_answering(tmp_path):
+    # A stand-in for a cluster's head: a listening socket, closed while the stage runs.
+    head = socket.create_server(("127.0.0.1", 0))
+    stage = tmp_path / "stage.py"
+    stage.write_text(textwrap.dedent(f"""
+        import time
+        from pipeline.cluster import lifeline
+        lifeline.CLUSTER_LOST_AFTER_S, lifeline.CLUSTER_POLL_S = 1.0, 0.2
+        with lifeline.running("train"):
+            assert lifeline.watch_cluster("127.0.0.1:{head.getsockname()[1]}", "the cluster is gone") is not None
+            print("watching", flush=True)
+            time.sleep(60)
+        print("still running", flush=True)
+    """))
+    started = subprocess.Popen([sys.executable, str(stage)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert started.stdout.readline().strip() == "watching"
+    time.sleep(2)  # answering: the stage goes on
+    assert started.poll() is None
+    head.close()
+    out, err = started.communicate(timeout=30)
+    assert started.returncode == 2 and err == "error in stage train: the cluster is gone\n" and out == ""
+
+
+def test_outside_a_stage_a_cluster_is_not_watched():
+    # A test process outlives the clusters it joins; only a stage ends with its cluster.
+    assert lifeline.watch_cluster("127.0.0.1:1", "gone") is None
+
+
 # -- one line per expected failure ---------------------------------------------------------------------
 
 
