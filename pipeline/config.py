@@ -43,7 +43,10 @@ from pipeline.validation import (
     as_mapping,
     check_keys,
     invalid,
+    located,
+    one_of,
     positive_int,
+    ray_address,
     resolve_training,
 )
 
@@ -218,7 +221,7 @@ def _cost_config(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset:
     check_keys(section, {"kind", "seed", "pair", "file"}, "costs")
     kind = section.get("kind") or "default"
     kind = recipe.get("kind", "pareto") if kind == "default" else kind
-    if kind not in COST_KINDS:
+    if not isinstance(kind, str) or kind not in COST_KINDS:
         raise invalid("costs.kind", kind, f"valid: default, {', '.join(COST_KINDS)}")
     pareto = as_mapping(recipe.get("pareto"), f"{where}.pareto")
     check_keys(pareto, {"shape", "scale"}, f"{where}.pareto")
@@ -239,7 +242,7 @@ def _cost_config(section: Mapping[str, Any], recipe: Mapping[str, Any], dataset:
         raise ConfigError("params.yaml: costs.kind = 'file' needs costs.file (a CSV, YAML or JSON cost matrix)")
     expert = as_mapping(recipe.get("expert"), f"{where}.expert")
     if kind == "expert" and "pairs" not in expert:
-        raise ConfigError(f"{where}.expert: costs.kind = 'expert' needs the recipe's expert pairs")
+        raise ConfigError(f"{located(where + '.expert')}: costs.kind = 'expert' needs the recipe's expert pairs")
     return CostConfig(
         kind=kind,
         pareto_shape=float(pareto.get("shape", 1.5)),
@@ -261,7 +264,9 @@ def _ray_config(section: Mapping[str, Any], available_cpus: int | None, project:
     use_gpu = section.get("use_gpu", "auto")
     if use_gpu not in ("auto", True, False):
         raise invalid("ray.use_gpu", use_gpu, "valid: auto, true, false")
-    address = section.get("address") or os.environ.get("RAY_ADDRESS") or None
+    given = section.get("address")
+    address = (ray_address(given, "params.yaml: ray.address") if given not in (None, "")
+               else ray_address(os.environ.get("RAY_ADDRESS") or None, "RAY_ADDRESS"))
     # A local cluster is sized from this machine: more workers than CPUs would wait forever.
     needed = num_workers * cpus + (TRIAL_DRIVER_CPUS if num_workers > 1 else 0)
     if address is None and available_cpus is not None and needed > available_cpus:
@@ -330,8 +335,7 @@ def _methods(finetune: Mapping[str, Any], recipe: Mapping[str, Any], dataset: st
     if not isinstance(names, list) or not names:
         raise invalid("finetune.methods", names, f"expected a non-empty list from: {', '.join(FINETUNE_METHODS)}")
     for name in names:
-        if name not in FINETUNE_METHODS:
-            raise invalid("finetune.methods", name, f"unknown method; known: {', '.join(FINETUNE_METHODS)}")
+        one_of(name, FINETUNE_METHODS, "finetune.methods", "unknown method; known")
     if len(set(names)) != len(names):
         raise invalid("finetune.methods", names, "each method may appear once")
     methods = []
@@ -344,14 +348,22 @@ def _methods(finetune: Mapping[str, Any], recipe: Mapping[str, Any], dataset: st
     return tuple(methods)
 
 
-def read_yaml(path: Path, what: str) -> Mapping[str, Any]:
+def read_yaml(path: Path, what: str, shown: str | None = None) -> Mapping[str, Any]:
+    """The mapping in the YAML file ``path`` (an empty file: none); messages name the file
+    ``shown`` (default: ``path``). ``what`` says, when the file is missing, what it is for."""
     if not path.is_file():
         raise ConfigError(f"{path} not found: {what}")
+    name = shown or str(path)
     try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    return as_mapping(loaded, str(path))
+        with open(path, encoding="utf-8") as handle:
+            loaded = yaml.safe_load(handle)
+    except yaml.YAMLError as error:  # PyYAML's report spans lines: the stage folds it into one
+        raise ConfigError(f"{name} is not valid YAML: {error}") from None
+    if loaded is not None and not isinstance(loaded, Mapping):
+        text = repr(loaded)
+        raise ConfigError(f"{name} holds a {type(loaded).__name__} ({text[:60]}{'...' if len(text) > 60 else ''}); "
+                          f"expected a mapping of settings, one `key: value` per line")
+    return loaded or {}
 
 
 def _recipes_near(params_file: Path) -> Path:
@@ -381,16 +393,13 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
     available_cpus = os.cpu_count() if available_cpus is None else available_cpus
     check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "search", "ray", "paper"},
                "<top>")
-    dataset = params.get("dataset", "digits")
-    if dataset not in DATASETS:
-        raise invalid("dataset", dataset, f"valid: {', '.join(DATASETS)}")
+    dataset = one_of(params.get("dataset", "digits"), DATASETS, "dataset", "valid")
     if recipe is None:
         recipe_path = Path(RECIPE_DIR if recipe_dir is None else recipe_dir) / f"{dataset}.yaml"
-        recipe = read_yaml(recipe_path, f"every data set needs a recipe; dataset = {dataset!r}")
+        recipe = read_yaml(recipe_path, f"every data set needs a recipe; dataset = {dataset!r}",
+                           shown=f"{RECIPE_DIR}/{dataset}.yaml")
     check_keys(recipe, RECIPE_KEYS, f"{RECIPE_DIR}/{dataset}.yaml:<top>")
-    model = recipe.get("model", "small_cnn")
-    if model not in MODELS:
-        raise invalid(f"{RECIPE_DIR}/{dataset}.yaml:model", model, f"known: {', '.join(sorted(MODELS))}")
+    model = one_of(recipe.get("model", "small_cnn"), sorted(MODELS), f"{RECIPE_DIR}/{dataset}.yaml:model")
     baseline, _ = resolve_training(as_mapping(recipe.get("baseline"), f"{RECIPE_DIR}/{dataset}.yaml:baseline"),
                                     as_mapping(params.get("baseline"), "baseline"), "baseline", set(OPTIM_KEYS), dataset)
     finetune = as_mapping(params.get("finetune"), "finetune")

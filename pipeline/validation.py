@@ -40,19 +40,38 @@ class ConfigError(UserError):
     """An invalid params.yaml or recipe value; the message names the dotted key."""
 
 
-def file_prefix(key: str) -> str:
-    """The file a dotted key lives in, for messages: a recipe key names its recipe file."""
-    return "" if key.startswith(f"{RECIPE_DIR}/") else "params.yaml: "
+def recipe_key(dataset: str, key: str) -> str:
+    """The dotted ``key`` of the data set's recipe file, as messages name it (``recipes/digits.yaml:ap.lr``)."""
+    return f"{RECIPE_DIR}/{dataset}.yaml:{key}"
+
+
+def located(key: str) -> str:
+    """A dotted key with the file it lives in, for messages: ``recipes/digits.yaml: ap.lr`` for a
+    recipe key (:func:`recipe_key`), ``params.yaml: finetune.ap.lr`` for any other."""
+    if key.startswith(f"{RECIPE_DIR}/") and ":" in key:
+        file, dotted = key.split(":", 1)
+        return f"{file}: {dotted}"
+    return f"params.yaml: {key}"
 
 
 def invalid(key: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"{file_prefix(key)}{key} = {value!r} is invalid; {valid}")
+    return ConfigError(f"{located(key)} = {value!r} is invalid; {valid}")
 
 
 def check_keys(section: Mapping[str, Any], allowed: Any, where: str) -> None:
-    unknown = sorted(set(section) - set(allowed))
+    """No key of ``section`` (at the dotted ``where``; ``<top>`` for a file's top level) beyond ``allowed``."""
+    unknown = sorted(set(section) - set(allowed), key=str)
     if unknown:
-        raise ConfigError(f"{file_prefix(where)}unknown key {where}.{unknown[0]}; valid keys: {', '.join(sorted(allowed))}")
+        key = located(f"{where}.{unknown[0]}".replace("<top>.", ""))
+        file, dotted = key.split(": ", 1)
+        raise ConfigError(f"{file}: unknown key {dotted}; valid keys: {', '.join(sorted(allowed))}")
+
+
+def one_of(value: Any, known: Any, key: str, what: str = "known") -> str:
+    """``value`` when it is one of the names ``known`` (a registry); a list or a mapping fails here too."""
+    if not isinstance(value, str) or value not in known:
+        raise invalid(key, value, f"{what}: {', '.join(known)}")
+    return value
 
 
 def as_mapping(value: Any, key: str) -> Mapping[str, Any]:
@@ -100,13 +119,18 @@ def check_value(key: str, name: str, value: Any) -> Any:
 
 def resolve_training(recipe: Mapping[str, Any], overrides: Mapping[str, Any], where: str,
                       allowed: set[str], dataset: str) -> tuple[OptimConfig, dict[str, Any]]:
-    """Recipe values, replaced by every non-null override; returns (optim, options)."""
-    check_keys(recipe, allowed, f"{RECIPE_DIR}/{dataset}.yaml:{where.split('.')[-1]}")
+    """Recipe values, replaced by every non-null override; returns (optim, options). A bad value
+    is named where it was set: the override's params key, else the recipe file's key."""
+    section = where.split(".")[-1]
+    check_keys(recipe, allowed, recipe_key(dataset, section))
     check_keys(overrides, allowed, where)
-    merged = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
-    checked = {name: check_value(f"{where}.{name}", name, value) for name, value in merged.items()}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    merged = {**recipe, **given}
+    checked = {name: check_value(f"{where}.{name}" if name in given else recipe_key(dataset, f"{section}.{name}"),
+                                 name, value) for name, value in merged.items()}
     if "epochs" not in checked:
-        raise ConfigError(f"params.yaml: {where}.epochs is not set by the recipe or an override")
+        raise ConfigError(f"{located(recipe_key(dataset, section))}.epochs is not set; set it in the recipe "
+                          f"(or override {where}.epochs in params.yaml)")
     optim = OptimConfig(**{k: v for k, v in checked.items() if k in OPTIM_KEYS})
     return optim, {k: v for k, v in checked.items() if k not in OPTIM_KEYS}
 
@@ -120,3 +144,27 @@ class MethodConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     # Keys set in params.yaml's finetune.<method>: the search leaves them as they are.
     pinned: frozenset[str] = frozenset()
+
+
+# Ray's forms of a cluster address besides host:port (and ray://host:port, Ray Client): "auto", the
+# cluster on this machine (RAY_ADDRESS=auto on a head node), and "local", a new local cluster.
+RAY_ADDRESS_WORDS = ("auto", "local")
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` of ``host:port`` or ``ray://host:port`` (an IPv6 host in brackets), else None."""
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536 or "/" in host:
+        return None
+    return host, int(port)
+
+
+def ray_address(value: Any, key: str) -> str | None:
+    """A Ray cluster address as ``ray.init`` takes it, or None (a local cluster of the stage's own)."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or (value not in RAY_ADDRESS_WORDS and host_port(value) is None):
+        raise ConfigError(f"{key} = {value!r} is invalid; expected host:port of a running cluster's head "
+                          f"(`ray start --head` prints it), ray://host:port, auto, or null for a local cluster")
+    return value

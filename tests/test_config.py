@@ -64,11 +64,11 @@ def test_dataset_switch_takes_that_datasets_recipe():
 
 
 def test_recipe_settings_that_moved_out_of_params_are_validated_there():
-    with pytest.raises(ConfigError, match=r"recipes/digits.yaml:split.val_fraction = 1.5 is invalid"):
+    with pytest.raises(ConfigError, match=r"recipes/digits.yaml: split.val_fraction = 1.5 is invalid"):
         load(params(), recipe={**DIGITS, "split": {"val_fraction": 1.5}})
-    with pytest.raises(ConfigError, match=r"recipes/digits.yaml:evaluate.top_k = 0 is invalid"):
+    with pytest.raises(ConfigError, match=r"recipes/digits.yaml: evaluate.top_k = 0 is invalid"):
         load(params(), recipe={**DIGITS, "evaluate": {"top_k": 0}})
-    with pytest.raises(ConfigError, match=r"recipes/digits.yaml:costs.pareto.shape = 0 is invalid"):
+    with pytest.raises(ConfigError, match=r"recipes/digits.yaml: costs.pareto.shape = 0 is invalid"):
         load(params(), recipe={**DIGITS, "costs": {"kind": "pareto", "pareto": {"shape": 0}}})
     pmi = load(params(dataset="pmi", data__source="sources/archive.zip"))
     assert pmi.costs.kind == "expert" and len(pmi.costs.expert["pairs"]) == 4
@@ -122,9 +122,9 @@ def test_toy_uses_its_critical_pair():
         (dict(costs__seed=-2), r"costs.seed = -2 is invalid"),
         (dict(data__root="elsewhere"), r"unknown key data.root"),
         (dict(dataset="table"), r"dataset = 'table' needs data.source"),
-        (dict(evaluate={"top_k": 3}), r"unknown key <top>.evaluate"),
+        (dict(evaluate={"top_k": 3}), r"params.yaml: unknown key evaluate;"),
         (dict(seed=-1), r"seed = -1 is invalid"),
-        (dict(learning_rate=1), r"unknown key <top>.learning_rate"),
+        (dict(learning_rate=1), r"params.yaml: unknown key learning_rate;"),
     ],
 )
 def test_invalid_params_fail_with_key_value_and_valid_range(changes, message):
@@ -141,9 +141,9 @@ def test_ray_address_lifts_the_local_cpu_check(monkeypatch):
 
 
 def test_recipe_values_are_validated_with_their_file_and_key():
-    with pytest.raises(ConfigError, match=r"unknown key recipes/digits.yaml:csada.lambda"):
+    with pytest.raises(ConfigError, match=r"recipes/digits.yaml: unknown key csada.lambda"):
         load(params(), recipe={**DIGITS, "csada": {**DIGITS["csada"], "lambda": 1}})
-    with pytest.raises(ConfigError, match=r"recipes/digits.yaml:pretrained = 'false' is invalid; expected true or false"):
+    with pytest.raises(ConfigError, match=r"recipes/digits.yaml: pretrained = 'false' is invalid; expected true or false"):
         load(params(), recipe={**DIGITS, "pretrained": "false"})
     with pytest.raises(ConfigError, match=r"recipes/nowhere/digits.yaml not found"):
         load_config(params(), recipe_dir="recipes/nowhere", available_cpus=2)
@@ -166,3 +166,61 @@ def test_the_params_comment_on_dataset_names_every_registered_data_set():
     line, = (line for line in (REPO / "params.yaml").read_text().splitlines() if line.startswith("dataset:"))
     _, _, comment = line.partition("#")
     assert {name.strip() for name in comment.split("|")} == set(DATASETS), line
+
+
+def test_a_bad_value_is_named_in_the_file_it_was_set_in():
+    recipe_ap = {**DIGITS, "ap": {**DIGITS["ap"], "lr": -1}}
+    with pytest.raises(ConfigError, match=r"^recipes/digits.yaml: ap.lr = -1 is invalid; must be > 0$"):
+        load(params(), recipe=recipe_ap)
+    with pytest.raises(ConfigError, match=r"^params.yaml: finetune.ap.lr = -1 is invalid; must be > 0$"):
+        load(params(finetune__ap={"lr": -1}))
+    assert method(load(params(finetune__ap={"lr": 0.01}), recipe=recipe_ap), "ap").optim.lr == 0.01  # overridden
+    with pytest.raises(ConfigError, match=r"^recipes/digits.yaml: baseline.epochs = 0 is invalid; must be >= 1$"):
+        load(params(), recipe={**DIGITS, "baseline": {**DIGITS["baseline"], "epochs": 0}})
+    no_epochs = {k: v for k, v in DIGITS["csada"].items() if k != "epochs"}
+    with pytest.raises(ConfigError, match=r"^recipes/digits.yaml: csada.epochs is not set; set it in the recipe "
+                                          r"\(or override finetune.csada.epochs in params.yaml\)$"):
+        load(params(), recipe={**DIGITS, "csada": no_epochs})
+
+
+@pytest.mark.parametrize(("where", "value", "message"), [
+    ("recipe", {"model": ["mlp"]}, r"^recipes/digits.yaml: model = \['mlp'\] is invalid; known: mlp, resnet18"),
+    ("recipe", {"model": {"mlp": 1}}, r"^recipes/digits.yaml: model = \{'mlp': 1\} is invalid; known: mlp"),
+    ("params", {"dataset": ["digits"]}, r"^params.yaml: dataset = \['digits'\] is invalid; valid: toy, digits, "),
+    ("params", {"costs__kind": ["pareto"]}, r"^params.yaml: costs.kind = \['pareto'\] is invalid; valid: default, "),
+    ("params", {"finetune__methods": [["csada"]]},
+     r"^params.yaml: finetune.methods = \['csada'\] is invalid; unknown method; known: csada, ap"),
+])
+def test_a_list_or_mapping_where_a_name_belongs_is_one_line_not_a_type_error(where, value, message):
+    with pytest.raises(ConfigError, match=message):
+        if where == "recipe":
+            load(params(), recipe={**DIGITS, **value})
+        else:
+            load(params(**value))
+
+
+def test_a_recipe_or_params_file_that_is_not_a_mapping_is_named_as_the_project_names_it(tmp_path, monkeypatch):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "digits.yaml").write_text("- mlp\n- 100\n")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    monkeypatch.chdir(tmp_path / "recipes")  # the message does not depend on where the stage runs
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "params.yaml", available_cpus=2)
+    assert str(caught.value) == ("recipes/digits.yaml holds a list (['mlp', 100]); expected a mapping of settings, "
+                                 "one `key: value` per line")
+    (tmp_path / "params.yaml").write_text("just words\n")
+    with pytest.raises(ConfigError, match=r"params.yaml holds a str \('just words'\); expected a mapping"):
+        load_config(tmp_path / "params.yaml", available_cpus=2)
+
+
+@pytest.mark.parametrize("address", ["nonsense", "host:port", "head:0", "http://head:8265/x", 6379])
+def test_a_ray_address_that_is_not_host_and_port_fails_with_the_forms_ray_takes(address, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigError, match=rf"^params.yaml: ray.address = {address!r} is invalid; expected host:port of "
+                                          r"a running cluster's head .*, ray://host:port, auto, or null for a local "):
+        load(params(ray__address=address))
+    monkeypatch.setenv("RAY_ADDRESS", str(address))
+    with pytest.raises(ConfigError, match=rf"^RAY_ADDRESS = '{address}' is invalid; expected host:port"):
+        load(params())
+    for good in ("nonsense:1", "10.0.0.5:6379", "[::1]:6379", "ray://head:10001", "auto"):
+        assert load(params(ray__address=good)).ray.address == good

@@ -1,18 +1,28 @@
-"""The Ray edge without Ray: where runs live, and reuse without starting a cluster."""
+"""The Ray edge without Ray: where runs live, reuse without starting a cluster, and an address
+where no cluster answers refused before Ray is started."""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
+import pytest
 import ray
 
-from pipeline.cluster.distributed import run_jobs, run_location, storage_root
+from pipeline.cluster.distributed import (
+    ClusterError,
+    check_reachable,
+    connect,
+    run_jobs,
+    run_location,
+    storage_root,
+)
 from pipeline.config import RayConfig
 from pipeline.runs.jobs import TrainJob, run_name
 from pipeline.runs.optim import OptimConfig
 from pipeline.runs.train import train_func
-from tests.conftest import prepare_toy
+from tests.conftest import _free_port, prepare_toy
 
 
 def _job(root: Path) -> TrainJob:
@@ -55,3 +65,22 @@ def test_old_finished_runs_are_pruned_and_unfinished_or_used_ones_kept(tmp_path)
     (tmp_path / "unfinished" / "checkpoint.pt").write_bytes(b"x")
     assert prune_runs(tmp_path, keep={"a"}, limit=1) == ["c", "b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "d", "unfinished"]
+
+
+def test_an_address_where_no_cluster_answers_fails_at_once_naming_it(monkeypatch):
+    # Given such an address, Ray itself retries for minutes without a word on the console.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = time.monotonic()
+    with pytest.raises(ClusterError, match=r"^ray.address = 'nonsense.invalid:1': no host is named 'nonsense.invalid' "
+                                           r"\(.+\); give the head node's host:port, or null for a local cluster$"):
+        connect(RayConfig(address="nonsense.invalid:1"))
+    assert not ray.is_initialized()
+    closed = _free_port()  # nothing listens there
+    with pytest.raises(ClusterError, match=rf"^ray.address = '127.0.0.1:{closed}': nothing answers at 127.0.0.1:{closed} "
+                                           rf"within 5 s; start the cluster there \(`ray start --head --port={closed}`\)"):
+        check_reachable(f"127.0.0.1:{closed}")
+    monkeypatch.setenv("RAY_ADDRESS", f"ray://127.0.0.1:{closed}")
+    with pytest.raises(ClusterError, match=rf"^RAY_ADDRESS = 'ray://127.0.0.1:{closed}': nothing answers"):
+        check_reachable(f"ray://127.0.0.1:{closed}")
+    assert time.monotonic() - started < 10
+

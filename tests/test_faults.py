@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from pipeline.cluster import distributed, lifeline
 from pipeline.config import RayConfig
@@ -324,6 +325,35 @@ def test_a_process_without_dvc_above_it_is_not_watched():
     assert lifeline.watch("x") is None
 
 
+def test_a_stage_ends_in_one_line_with_status_2_once_its_cluster_stops_answering(tmp_path):
+    # A stand-in for a cluster's head: a listening socket, closed while the stage runs.
+    head = socket.create_server(("127.0.0.1", 0))
+    stage = tmp_path / "stage.py"
+    stage.write_text(textwrap.dedent(f"""
+        import time
+        from pipeline.cluster import lifeline
+        lifeline.CLUSTER_LOST_AFTER_S, lifeline.CLUSTER_POLL_S = 1.0, 0.2
+        with lifeline.running("train"):
+            assert lifeline.watch_cluster("127.0.0.1:{head.getsockname()[1]}", "the cluster is gone") is not None
+            print("watching", flush=True)
+            time.sleep(60)
+        print("still running", flush=True)
+    """))
+    started = subprocess.Popen([sys.executable, str(stage)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert started.stdout.readline().strip() == "watching"
+    time.sleep(2)  # answering: the stage goes on
+    assert started.poll() is None
+    head.close()
+    out, err = started.communicate(timeout=30)
+    assert started.returncode == 2 and err == "error in stage train: the cluster is gone\n" and out == ""
+
+
+def test_outside_a_stage_a_cluster_is_not_watched():
+    # A test process outlives the clusters it joins; only a stage ends with its cluster.
+    assert lifeline.watch_cluster("127.0.0.1:1", "gone") is None
+
+
 # -- one line per expected failure ---------------------------------------------------------------------
 
 
@@ -364,6 +394,24 @@ def test_a_yaml_error_in_params_is_one_line(tmp_path, capsys):
     code, err = _boundary(lambda config: "ran", capsys, tmp_path / "params.yaml")
     assert code == 2 and err.startswith("error in stage demo: ") and "params.yaml is not valid YAML" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_yaml_cost_file_with_a_syntax_error_is_one_line_with_its_places(tmp_path, capsys):
+    from pipeline.method.costfiles import load_costs
+
+    cost_file = tmp_path / "mine.yaml"
+    cost_file.write_text("classes: [a, b]\ncosts: [[0, 1], [1, 0]\n")  # the last ] is missing
+    code, err = _boundary(lambda config: load_costs(cost_file), capsys)
+    assert code == 2 and err == (f"error in stage demo: {cost_file}: not valid YAML: while parsing a flow sequence "
+                                 "(line 2, column 8); expected ',' or ']', but got '<stream end>' (line 3, column 1)\n")
+
+
+def test_a_parsers_report_read_from_text_is_folded_without_its_quoted_source():
+    from pipeline.stage import one_line
+
+    with pytest.raises(yaml.YAMLError) as caught:
+        yaml.safe_load("a: b\n c: d: e\n")
+    assert one_line(str(caught.value)) == "mapping values are not allowed here (line 2, column 3)"
 
 
 def test_a_bug_keeps_its_traceback_and_the_variable_shows_it_for_user_errors(monkeypatch):

@@ -432,3 +432,72 @@ def test_recipe_loads_and_its_model_builds_for_the_data(tmp_path: Path) -> None:
                         **config.model_options).eval()
     with torch.no_grad():
         assert model(data.splits["train"].x).shape == (len(data.splits["train"]), 3)
+
+
+# ---------------------------------------------------------------- what the fetch stage checks first
+# (pipeline/datasets/sources.py: checks the readers, which are training code, do not make)
+
+
+def _fetch_stage(project: Path, source: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The fetch stage's main on dataset 'images' with ``data.source`` under ``project``."""
+    from stages import fetch
+
+    params = copy.deepcopy(yaml.safe_load((REPO / "params.yaml").read_text()))
+    params.update(dataset="images", data={**params.get("data", {}), "source": source})
+    monkeypatch.chdir(project)
+    return fetch.main(load_config(params, recipe_dir=REPO / "recipes", available_cpus=2))
+
+
+def _deep_png(path: Path, values: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(values.astype(np.uint16)).save(path)  # 16-bit grayscale: Pillow mode I;16
+
+
+def test_a_16_bit_image_is_refused_at_fetch_not_clipped_to_white(tmp_path: Path, monkeypatch) -> None:
+    from PIL import Image
+
+    tree = _tree(tmp_path / "sources" / "scans", {"a": 3, "b": 3}, mode="L")
+    assert "ready" in _fetch_stage(tmp_path, "sources/scans", monkeypatch)  # 8-bit images pass
+    # What decoding would make of a 16-bit scan whose values are all above 255: white throughout.
+    _deep_png(tree / "b" / "deep.png", np.full((8, 10), 4000))
+    with Image.open(tree / "b" / "deep.png") as image:
+        assert image.mode == "I;16" and np.asarray(image.convert("L")).min() == 255
+    _deep_png(tree / "a" / "deep.png", np.full((8, 10), 300))
+    with pytest.raises(DatasetError) as caught:
+        _fetch_stage(tmp_path, "sources/scans", monkeypatch)
+    assert str(caught.value) == (
+        "sources/scans/a/deep.png is a 16-bit image (Pillow mode I;16), one of 2 such images among the 8 under "
+        "sources/scans; images are read as 8-bit pixels, which would clip every value above 255 to white: "
+        "convert them to 8-bit first, scaled to fit the data (the full 16-bit range: pixel // 257; 12-bit data: "
+        "pixel // 16)")
+
+
+def test_a_text_file_named_npz_is_said_not_to_be_an_archive_without_pickle_advice(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    (tmp_path / "sources").mkdir()
+    (tmp_path / "sources" / "labels.npz").write_text("x,y\n1,2\n")
+    with pytest.raises(DatasetError) as caught:
+        _fetch_stage(tmp_path, "sources/labels.npz", monkeypatch)
+    assert str(caught.value) == ("data.source sources/labels.npz is not an .npz archive: it is text (starting 'x,y'); "
+                                 "an .npz is the zip of arrays np.savez writes: np.savez('labels.npz', x=images, "
+                                 "y=labels)")
+    assert "pickle" not in str(caught.value)
+
+
+def test_a_missing_source_that_dvc_tracks_says_pull_it_or_how_to_make_it(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "sources").mkdir()
+    with pytest.raises(DatasetMissingError, match=r"^data.source sources/mine.npz does not exist; fix data.source"):
+        _fetch_stage(tmp_path, "sources/mine.npz", monkeypatch)
+    # The paper's images: their .dvc file says how to make them where no remote has them.
+    paper = REPO / "paper" / "sources" / "kmnist-10k.npz.dvc"
+    (tmp_path / "sources" / paper.name).write_text(paper.read_text())
+    with pytest.raises(DatasetMissingError) as caught:
+        _fetch_stage(tmp_path, "sources/kmnist-10k.npz", monkeypatch)
+    assert str(caught.value) == (
+        "data.source sources/kmnist-10k.npz is not in this checkout; DVC tracks it (sources/kmnist-10k.npz.dvc): "
+        "`dvc pull sources/kmnist-10k.npz` fetches it from the project's remote, or make it from torchvision's "
+        "KMNIST test images with the one-line command in docs/paper.md (\"Default size\")")
+    assert "## Default size" in (REPO / "docs" / "paper.md").read_text() and "kmnist-10k.npz" in (
+        REPO / "docs" / "paper.md").read_text()

@@ -1,6 +1,9 @@
 """Ray at the edge: training jobs run as one Ray Tune experiment on a cluster joined once.
 
-* :func:`connect` joins ``ray.address`` / ``RAY_ADDRESS`` when set, else starts a local cluster.
+* :func:`connect` joins ``ray.address`` / ``RAY_ADDRESS`` when set (failing at once, in one line,
+  when nothing answers there), else starts a local cluster of the stage's own, even where another
+  one runs on the machine. A stage ends with one line when its cluster goes away
+  (:func:`pipeline.cluster.lifeline.watch_cluster`); Ctrl-C ends it at once as interrupted.
 * :func:`run_jobs` trains a list of jobs (the baseline alone, or every fine-tuning run) as one
   Tune experiment, one trial per job. A one-worker run trains inside its trial
   (``train_func`` with a Tune session: no TorchTrainer, no placement group of its own); a run
@@ -34,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline.cluster import lifeline
 from pipeline.cluster.progress import quiet_ray_logging, say, trial_progress
 from pipeline.config import TRIAL_DRIVER_CPUS, RayConfig
 from pipeline.errors import UserError
@@ -42,6 +46,7 @@ from pipeline.runs.jobs import TrainJob, run_name
 from pipeline.runs.preflight import check_jobs
 from pipeline.runs.runlocks import locked_runs
 from pipeline.runs.train import train_func
+from pipeline.validation import RAY_ADDRESS_WORDS, host_port
 
 # Ray retries a failed trial (and Ray Train a failed worker group) this often, from the last checkpoint.
 MAX_FAILURES = 2
@@ -53,10 +58,17 @@ CHECKPOINT_INTERVAL_S = 60.0
 KEEP_UNUSED_RUNS = int(os.environ.get("CSADA_KEEP_RUNS", "200"))
 # The metric a trial reports instead of raising when its run failed with a user error.
 USER_ERROR = "user_error"
+# Given an address where nothing answers, Ray retries for minutes; a head that does not accept a
+# connection within this long is not there.
+CONNECT_TIMEOUT_S = 5.0
 
 
 class RunFailedError(UserError):
     """A training run stopped by a user error (its message), or several of them."""
+
+
+class ClusterError(UserError):
+    """A Ray cluster address where no cluster can be joined."""
 
 
 def connect(ray_config: RayConfig, log_file: Path | None = None) -> None:
@@ -72,18 +84,63 @@ def connect(ray_config: RayConfig, log_file: Path | None = None) -> None:
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     # Tune's newer console output prints its configuration table even when told to be silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Ctrl-C raises KeyboardInterrupt, which the stage reports as an interruption (exit status
+    # 130). Tune's own handler would instead stop the trials and return from the fit as if it
+    # had ended, unfinished runs and all. The runs keep their checkpoints either way.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if log_file is not None:
         quiet_ray_logging(log_file)
     if ray.is_initialized():
         return
+    address = ray_config.address or os.environ.get("RAY_ADDRESS") or "local"
     # The workers' output (each epoch's line) stays in Ray's session logs, not on the console.
-    if ray_config.address:
-        ray.init(address=ray_config.address, log_to_driver=False, logging_level=logging.INFO)
+    if address != "local":
+        check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.INFO)
+        except ConnectionError as error:  # "auto" with no cluster on this machine
+            raise ClusterError(f"{_setting(address)} = {address!r}: {error}") from None
+        lost = (f"the Ray cluster at {address} ({_setting(address)}) stopped answering; the runs keep their "
+                "checkpoints: start the cluster again (or set ray.address: null for a local one) and run the "
+                "stage again to resume")
     else:
-        # A local cluster serves this machine only: all of its traffic, the dashboard (and the
-        # State API behind it) included, stays on loopback.
-        ray.init(log_to_driver=False, logging_level=logging.INFO, include_dashboard=True,
+        # "local", not no address: ray.init() without one joins the cluster `ray start` last
+        # started on this machine (/tmp/ray/ray_current_cluster), someone else's, which may stop
+        # at any time. A local cluster serves this machine only: all of its traffic, the
+        # dashboard (and the State API behind it) included, stays on loopback.
+        ray.init(address="local", log_to_driver=False, logging_level=logging.INFO, include_dashboard=True,
                  dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+        lost = ("the stage's local Ray cluster stopped answering (were its processes killed, or the machine "
+                "out of memory?); the runs keep their checkpoints: run the stage again to resume")
+    # A Ray Client driver (ray://) talks to its client server, not to the GCS.
+    head = address.split("://", 1)[1] if address.startswith("ray://") else ray.get_runtime_context().gcs_address
+    lifeline.watch_cluster(head, lost)
+
+
+def _setting(address: str) -> str:
+    """Where ``address`` came from, for messages."""
+    return "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") == address else "ray.address"
+
+
+def check_reachable(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Fail at once, in one line, when no head answers at ``address`` (host:port or
+    ray://host:port); ``auto`` and ``local`` Ray resolves itself."""
+    if address in RAY_ADDRESS_WORDS:
+        return
+    setting, parsed = _setting(address), host_port(address)
+    if parsed is None:
+        raise ClusterError(f"{setting} = {address!r} is not host:port of a running cluster's head (`ray start "
+                           "--head` prints it), ray://host:port or auto; null starts a local cluster")
+    host, port = parsed
+    try:
+        socket.getaddrinfo(host, port)
+    except socket.gaierror as error:
+        raise ClusterError(f"{setting} = {address!r}: no host is named {host!r} ({error.strerror}); give the "
+                           "head node's host:port, or null for a local cluster") from None
+    if not lifeline.answers(host, port, timeout_s):
+        raise ClusterError(f"{setting} = {address!r}: nothing answers at {host}:{port} within {timeout_s:g} s; "
+                           f"start the cluster there (`ray start --head --port={port}`) or fix the address "
+                           "(null starts a local cluster)")
 
 
 def use_gpu(ray_config: RayConfig) -> bool:

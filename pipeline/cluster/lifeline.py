@@ -1,4 +1,5 @@
-"""A stage stops when the ``dvc`` process that started it dies.
+"""A stage stops when what it runs under goes away: the ``dvc`` process that started it, or the
+Ray cluster it trains on.
 
 ``kill -9`` of ``dvc repro`` leaves its stage running: the stage's parent is a shell that DVC
 started, or the stage itself, and neither hears of it. An orphaned stage would go on training
@@ -9,6 +10,12 @@ the process that started them, and the run folders' locks (pipeline.runs.runlock
 
 A stage started without ``dvc`` above it (``python stages/x.py``, ``nohup``) is not watched:
 closing a terminal must not stop a run the user detached on purpose.
+
+A stage that joined a Ray cluster (:func:`watch_cluster`) ends, with one line and exit status 2,
+once the cluster's head has not answered for :data:`CLUSTER_LOST_AFTER_S`. Left alone, Ray's
+driver waits 60 s, prints a C++ error and exits with status 1, and its main thread sits in Ray's
+C++ code meanwhile, deaf to a Python signal handler: so the watching thread ends the process
+itself, as for a lost ``dvc``. The runs' checkpoints stay where they are; the next run resumes.
 """
 
 from __future__ import annotations
@@ -16,12 +23,30 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 POLL_S = 1.0
+# A cluster whose head (its GCS port) refuses or ignores connections this long is gone.
+CLUSTER_LOST_AFTER_S = 10.0
+CLUSTER_POLL_S = 2.0
+# The stage this process is running (pipeline.stage.run_stage, through `running`), for the line a
+# lost cluster ends it with; empty outside a stage (a test that calls the pipeline's functions).
+_stage: list[str] = []
+
+
+@contextlib.contextmanager
+def running(stage: str) -> Iterator[None]:
+    """Mark this process as running ``stage`` while the block runs (see :func:`watch_cluster`)."""
+    _stage.append(stage)
+    try:
+        yield
+    finally:
+        _stage.pop()
 
 
 def _stat(pid: int) -> tuple[int, str] | None:
@@ -73,7 +98,7 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def stop_now() -> None:
+def stop_now(status: int = 1) -> None:
     """End this process and every process it started (a local Ray cluster: its GCS, raylet,
     agents and trial workers), at once: SIGTERM would have Ray print stack dumps and wait for
     cleanups nobody needs. The run folders' locks die with us, and what a write left half done is
@@ -81,7 +106,41 @@ def stop_now() -> None:
     for pid in descendants(os.getpid()):
         with contextlib.suppress(OSError):
             os.kill(pid, signal.SIGKILL)
-    os._exit(1)
+    os._exit(status)
+
+
+def answers(host: str, port: int, timeout_s: float = CLUSTER_POLL_S) -> bool:
+    """Whether something accepts a TCP connection at ``host:port`` within ``timeout_s``."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def watch_cluster(gcs_address: str, lost: str) -> threading.Thread | None:
+    """End this process with ``error in stage <name>: <lost>`` (the line :func:`pipeline.stage.run_stage`
+    prints) and exit status 2 once the GCS at ``gcs_address`` (host:port) has not answered for
+    :data:`CLUSTER_LOST_AFTER_S`, while a stage runs (:func:`running`); the watching thread, or
+    None outside a stage: a test process outlives the clusters it joins."""
+    if not _stage:
+        return None
+    host, port = gcs_address.rsplit(":", 1)
+    host = host.strip("[]")  # an IPv6 address: [::1]:6379
+
+    def loop() -> None:
+        answered = time.monotonic()
+        while _stage:
+            time.sleep(CLUSTER_POLL_S)
+            if answers(host, int(port)):
+                answered = time.monotonic()
+            elif _stage and time.monotonic() - answered >= CLUSTER_LOST_AFTER_S:
+                print(f"error in stage {_stage[-1]}: {lost}", file=sys.stderr, flush=True)
+                stop_now(2)
+
+    thread = threading.Thread(target=loop, name="csada-cluster-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def watch(stage: str, chain: list[tuple[int, str]] | None = None) -> threading.Thread | None:
