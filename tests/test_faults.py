@@ -109,7 +109,7 @@ def test_a_corrupt_finished_run_is_discarded_and_retrained_not_reused(project, r
     model = storage / run_name(job) / OUTCOME_DIR / MODEL_FILE
     model.write_bytes(model.read_bytes()[:2000])  # truncate -s 2000, as a user saw
     (store,) = run([job])
-    said = capsys.readouterr().out
+    said = " ".join(capsys.readouterr().out.split())  # console lines wrap at the terminal width
     assert f"run {run_name(job)} finished before but its model.pt (2000 bytes) differs" in said
     assert "discarded, training it again" in said
     assert trained == [job.name, job.name]
@@ -154,7 +154,7 @@ def test_an_unreadable_checkpoint_is_discarded_and_the_run_starts_over(project, 
     (folder / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 truncated")
     (folder / f"{CHECKPOINT_FILE}.0123abcd.partial").write_bytes(b"half a write")
     (store,) = run([job])
-    said = capsys.readouterr().out
+    said = " ".join(capsys.readouterr().out.split())  # console lines wrap at the terminal width
     assert f"run {run_name(job)}: checkpoint" in said and "cannot be read" in said
     assert "discarded, training it from the start" in said
     assert store.load_state()["resumes"] == 0  # trained from epoch 0, not resumed
