@@ -302,7 +302,8 @@ def test_a_stage_stops_when_the_dvc_process_above_it_dies(tmp_path):
         assert time.monotonic() < deadline and parent.poll() is None, "the stage did not start"
         time.sleep(0.1)
     stage_pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
-                  and str(stage).encode() in _cmdline(p) and b"sh" not in _cmdline(p).split(b"\0")[0]]
+                  and str(stage).encode() in _cmdline(p)
+                  and os.path.basename(_cmdline(p).split(b"\0")[0]) != b"sh"]  # the stage, not the shell above it
     parent.send_signal(signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 10
