@@ -68,6 +68,15 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class PredictConfig:
+    """The exported model's abstention (pipeline.predict.conformal): conformal risk control of the
+    expected cost per case of the automated decisions, calibrated on part of the test split."""
+
+    max_cost: float = 0.35  # alpha: the promised expected cost per case (an abstention costs 0)
+    calibration_fraction: float = 0.5  # of the test split, stratified and seeded; the rest measures it
+
+
+@dataclass(frozen=True)
 class DataConfig:
     source: str | None = None
     download: bool = False
@@ -115,6 +124,7 @@ class Paths:
     finetune: Path
     evaluation: Path
     report: Path
+    recommended: Path
 
 
 @dataclass(frozen=True)
@@ -133,6 +143,7 @@ class Config:
     top_k: int
     paths: Paths
     search: SearchConfig = SearchConfig()
+    predict: PredictConfig = PredictConfig()
     paper: PaperConfig | None = None  # the paper's experiments (paper/dvc.yaml); parsed from the recipe's defaults
 
 
@@ -153,6 +164,7 @@ PARAM_SOURCES: dict[str, tuple[str, ...]] = {
     "methods": ("finetune.methods", *(f"finetune.{m}" for m in FINETUNE_METHODS), "recipe"),
     "replications": ("finetune.replications",),
     "search": ("search",),
+    "predict": ("predict",),
     # The paper's experiments (paper/params.yaml): each field from its own keys.
     "paper.replications": ("paper.replications",),
     "paper.baseline_max_epochs": ("paper.baselines.max_epochs",),
@@ -169,7 +181,8 @@ PARAM_SOURCES: dict[str, tuple[str, ...]] = {
     "paper.ablation": ("paper.ablation", "paper.variants", "recipe"),
     "ray": ("ray",),
     "top_k": ("recipe",),
-    **{f"paths.{name}": ("dataset",) for name in ("raw", "manifest", "cost", "baseline", "search", "finetune")},
+    **{f"paths.{name}": ("dataset",) for name in ("raw", "manifest", "cost", "baseline", "search", "finetune",
+                                                  "recommended")},
     "paths.evaluation": (),
     "paths.report": (),
 }
@@ -301,6 +314,20 @@ def _search_config(section: Mapping[str, Any]) -> SearchConfig:
                         time_budget_s=float(budget), max_accuracy_drop=float(drop))
 
 
+def _predict_config(section: Mapping[str, Any]) -> PredictConfig:
+    check_keys(section, set(PredictConfig.__dataclass_fields__), "predict")
+    default = PredictConfig()
+    max_cost = section.get("max_cost", default.max_cost)
+    if isinstance(max_cost, bool) or not isinstance(max_cost, (int, float)) or not (math.isfinite(max_cost) and max_cost > 0):
+        raise invalid("predict.max_cost", max_cost, "expected the largest expected cost per case to promise, a number "
+                      "> 0 in the cost matrix's units (abstentions cost 0)")
+    fraction = section.get("calibration_fraction", default.calibration_fraction)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+        raise invalid("predict.calibration_fraction", fraction, "expected the share of the test split that calibrates "
+                      "the abstention threshold, a number in (0, 1) (0.5: half)")
+    return PredictConfig(max_cost=float(max_cost), calibration_fraction=float(fraction))
+
+
 def _data_config(data: Mapping[str, Any], recipe: Mapping[str, Any], dataset: str, project: Path = Path()) -> DataConfig:
     check_keys(data, {"source", "download", "label_column", "verify_checksums"}, "data")
     split = as_mapping(recipe.get("split"), f"{RECIPE_DIR}/{dataset}.yaml:split")
@@ -375,7 +402,7 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
         recipe_dir = recipe_dir if recipe_dir is not None else _recipes_near(path)
         project = path.parent
     available_cpus = os.cpu_count() if available_cpus is None else available_cpus
-    check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "search", "ray", "paper"},
+    check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "search", "predict", "ray", "paper"},
                "<top>")
     dataset = params.get("dataset", "digits")
     if dataset not in DATASETS:
@@ -406,6 +433,7 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
         replications=positive_int(finetune.get("replications", 3), "finetune.replications"),
         ray=_ray_config(as_mapping(params.get("ray"), "ray"), available_cpus, project),
         search=_search_config(as_mapping(params.get("search"), "search")),
+        predict=_predict_config(as_mapping(params.get("predict"), "predict")),
         paper=parse_paper(as_mapping(params.get("paper"), "paper"), recipe, dataset),
         top_k=positive_int(evaluate.get("top_k", 3), f"{RECIPE_DIR}/{dataset}.yaml:evaluate.top_k"),
         paths=Paths(
@@ -417,5 +445,6 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
             finetune=Path("models") / dataset / "finetune",
             evaluation=Path("results"),
             report=Path("results") / "report.md",
+            recommended=Path("models") / dataset / "recommended",
         ),
     )

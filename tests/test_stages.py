@@ -21,7 +21,7 @@ from pipeline.method.costfiles import load_costs
 from pipeline.runs.checkpoints import RunStore
 from pipeline.runs.jobs import run_name
 from pipeline.runs.train import train_func
-from stages import baseline, costs, evaluate, fetch, finetune, report, search, split
+from stages import baseline, costs, evaluate, export, fetch, finetune, report, search, split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,17 +95,22 @@ def test_evaluate_and_report_write_their_outputs(toy_project, monkeypatch, capsy
                                             if k.startswith("baseline/"))
     assert set(summary) == {"baseline", "csada", "ap", "sosr", "penalty", "soft_labels", "logit_adjusted"}
     assert summary["baseline"]["argmax"]["n"]["mean"] == 1500  # the toy's 500 test points per class
+    export.main(config)  # the report shows the exported model's abstention
     report.main(config)
     assert "Evaluation of toy" in capsys.readouterr().out
     text = (root / "results/report.md").read_text()
     assert "# Cost-sensitive evaluation: toy" in text and "## Recommendation" in text
     assert "## Hyperparameter search" in text and "not searched (search.max_trials is 0)" in text
+    assert "## Abstention" in text and "figures/abstention.png" in text
 
 
 def test_no_output_holds_an_absolute_path(toy_project):
     config, root = toy_project
     for path in [*(root / "models").rglob("history.json"), root / config.paths.finetune / finetune.RUNS_INDEX]:
         assert str(root) not in path.read_text(), path
+    assert str(root) not in (root / config.paths.recommended / "model.json").read_text()
     for path in (root / "models").rglob("model.pt"):
+        if path.parent == root / config.paths.recommended:
+            continue  # the export: a bare state dict, its description in model.json
         job = torch.load(path, weights_only=True)["job"]
         assert not any(isinstance(v, str) and v.startswith("/") for v in job.values()), path
