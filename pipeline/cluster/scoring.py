@@ -44,8 +44,9 @@ class BatchScorer:
     def _raw(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
         """Raw values of the batch's rows and, per row, the error that made it unusable ('' if none)."""
         shape = self.predictor.spec.input_shape
-        if "pixels" in batch:
-            return self.predictor.raw(batch["pixels"], "the images"), [""] * len(batch["index"])
+        if "pixels" in batch:  # rows of an archive: the same message as in the process
+            start, stop = int(batch["index"][0]), int(batch["index"][-1]) + 1
+            return self.predictor.raw(batch["pixels"], f"x[{start}:{stop}] of the archive"), [""] * len(batch["index"])
         pixels, errors = [], []
         for data, source in zip(batch["bytes"], batch["source"]):
             try:

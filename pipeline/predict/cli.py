@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def raw_chunk(predictor: Predictor, inputs: Inputs, start: int, stop: int) -> np.ndarray:
     """Raw values of items ``start:stop`` of ``inputs`` (an archive's rows or decoded files)."""
     if inputs.array is not None:
-        return predictor.raw(inputs.array[start:stop], f"{inputs.sources[start]}..")
+        return predictor.raw(inputs.array[start:stop], f"x[{start}:{stop}] of the archive")
     assert inputs.files is not None
     shape = predictor.spec.input_shape
     pixels = np.stack([decode_image(path, shape, inputs.sources[i])

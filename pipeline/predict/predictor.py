@@ -15,7 +15,7 @@ least the exported threshold (:mod:`pipeline.predict.conformal`).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,21 +65,6 @@ class Predictions:
                  "probabilities": dict(zip(self.classes, map(float, p))),
                  "expected_costs": dict(zip(self.classes, map(float, c)))}
                 for z, a, p, c in zip(self.decisions, self.abstained, self.probabilities, self.expected_costs)]
-
-    def take(self, order: np.ndarray) -> Predictions:
-        return Predictions(self.classes, self.decisions[order], self.probabilities[order],
-                           self.expected_costs[order], self.abstained[order])
-
-    @staticmethod
-    def concatenate(parts: Sequence[Predictions], classes: Sequence[str]) -> Predictions:
-        k = len(classes)
-
-        def join(name: str, empty: tuple[int, ...], dtype: Any) -> np.ndarray:
-            arrays = [getattr(p, name) for p in parts]
-            return np.concatenate(arrays) if arrays else np.zeros(empty, dtype=dtype)
-
-        return Predictions(tuple(classes), join("decisions", (0,), np.int64), join("probabilities", (0, k), np.float32),
-                           join("expected_costs", (0, k), np.float32), join("abstained", (0,), bool))
 
 
 def build_network(spec: ExportedModel, state: dict[str, Tensor], where: str | os.PathLike[str]) -> nn.Module:
