@@ -171,11 +171,24 @@ def test_a_method_that_changes_the_output_layer_is_rebuilt_with_it(tmp_path):
 
 def test_cases_whose_decision_is_expected_to_cost_at_least_the_threshold_are_abstained_on(tmp_path):
     costs = load_predictor(exported(tmp_path / "m1")[0], "cpu").predict(IMAGES).decision_costs
-    threshold = float(np.median(costs))
+    threshold = float(np.sort(costs)[len(costs) // 2])  # one case sits exactly at the threshold: abstained
     folder, _ = exported(tmp_path / "m2", dataclasses.replace(SPEC, threshold=threshold))
     predictions = load_predictor(folder, "cpu").predict(IMAGES)
     assert predictions.abstained.tolist() == (costs >= threshold).tolist()
     assert 0 < predictions.abstained.sum() < len(IMAGES)
+
+
+def test_the_export_refuses_decisions_that_differ_from_the_evaluate_stages():
+    from pipeline.predict.export import ExportError, check_decisions
+
+    check_decisions(["a", "b"], ["a", "b"], 0.5, 0.5, "exported_decisions.csv")
+    with pytest.raises(ExportError, match=r"decides 1 test image\(s\) differently from exported_decisions.csv "
+                                          r"\(e.g. index \[1\]; test WER 0.5 vs 0.5\)"):
+        check_decisions(["a", "c"], ["a", "b"], 0.5, 0.5, "exported_decisions.csv")
+    with pytest.raises(ExportError, match=r"test WER 0.5 vs 0.5000000000000001"):
+        check_decisions(["a", "b"], ["a", "b"], 0.5, 0.5000000000000001, "exported_decisions.csv")  # to the last digit
+    with pytest.raises(ExportError, match=r"has 1 images but exported_decisions.csv records 2"):
+        check_decisions(["a"], ["a", "b"], 0.5, 0.5, "exported_decisions.csv")
 
 
 def test_feature_vectors_are_standardised_per_feature(tmp_path):
