@@ -81,8 +81,8 @@ def connect(ray_config: RayConfig, log_file: Path | None = None) -> None:
         ray.init(address=ray_config.address, log_to_driver=False, logging_level=logging.INFO)
     else:
         # A local cluster serves this machine only: all of its traffic, the dashboard (and the
-        # State API behind it) included, stays on loopback.
-        ray.init(log_to_driver=False, logging_level=logging.INFO, include_dashboard=True,
+        # State API behind it) when ray.dashboard asks for it, stays on loopback.
+        ray.init(log_to_driver=False, logging_level=logging.INFO, include_dashboard=ray_config.dashboard,
                  dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
 
 
