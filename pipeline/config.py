@@ -59,7 +59,7 @@ USER_FILE_FOLDERS = {"costs.file": "costs", "data.source": "sources"}
 # Settings that decide where and how a run executes, never what it computes: they are not DVC
 # params of any stage, so changing them re-runs nothing.
 EXECUTION_ONLY = frozenset({"ray.address", "ray.cpus_per_worker", "ray.max_concurrent_trials",
-                            "ray.storage_path"})
+                            "ray.storage_path", "ray.dashboard"})
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,9 @@ class RayConfig:
     cpus_per_worker: float = 1.0
     max_concurrent_trials: int = 2
     storage_path: str = "runs/ray"
+    # A local cluster's dashboard (and the State API behind it) on 127.0.0.1: about 2 s more
+    # start-up per training stage, for a cluster that lives as long as its stage.
+    dashboard: bool = False
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,7 @@ def _ray_config(section: Mapping[str, Any], available_cpus: int | None, project:
         cpus_per_worker=float(cpus),
         max_concurrent_trials=positive_int(section.get("max_concurrent_trials", 2), "ray.max_concurrent_trials"),
         storage_path=_storage_path(section.get("storage_path", "runs/ray"), project),
+        dashboard=as_bool(section.get("dashboard", False), "ray.dashboard"),
     )
 
 

@@ -199,6 +199,12 @@ def test_the_report_shows_what_the_search_chose():
     assert rows[2] == "| CSADA | 7 (3) | adv_weight 4.25, lr 0.0001, steps 6 | 7 | 0.0986 | 94.90 |"
     assert rows[3] == "| AP | 0 | recipe settings: not searched (search.max_trials is 0) | 8 | | |"
     assert "down to 94.15% on validation" in text
+    assert "time budget" not in text  # every search ran its trials: nothing depends on timing
+
+    search["methods"]["csada"]["budget_reached"] = True
+    text = render_report(SUMMARY, COST, dataset="d", top_k=1, search=search)
+    assert table(text, "## Hyperparameter search")[2].startswith("| CSADA | 7 (3), time budget reached | adv_weight")
+    assert "Where the time budget (search.time_budget_s) ended a search" in text
 
 
 def test_the_console_recommendation_lines_fit_the_screen():

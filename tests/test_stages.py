@@ -131,3 +131,29 @@ def test_no_output_holds_an_absolute_path(toy_project):
             continue  # the export: a bare state dict, its description in model.json
         job = torch.load(path, weights_only=True)["job"]
         assert not any(isinstance(v, str) and v.startswith("/") for v in job.values()), path
+
+
+def test_a_search_makes_the_same_trials_every_time_and_says_when_its_time_budget_ended_it(toy_project, monkeypatch):
+    from pipeline.cluster.search import accuracy_floor, search_method
+    from pipeline.config import SearchConfig
+
+    config, root = toy_project
+    monkeypatch.chdir(root)
+    ap = next(m for m in config.methods if m.name == "ap")
+    ap = dataclasses.replace(ap, optim=dataclasses.replace(ap.optim, epochs=4))  # rungs at epochs 1 and 3
+    config = dataclasses.replace(config, methods=(ap,), search=SearchConfig(max_trials=5))
+    floor = accuracy_floor(json.loads((config.paths.baseline / "history.json").read_text()), 0.005)
+    max_cost = float(load_costs(config.paths.cost).values.max())
+    [(task, _)] = search.search_tasks(config, root, floor, max_cost)
+
+    first, second = search_method(task, budget_s=1e9), search_method(task, budget_s=1e9)
+    assert first == second  # values proposed, epochs run, stops and scores: the same, trial for trial
+    assert len(first) == 5 and first[0].values == {"lr": ap.optim.lr, "alpha": ap.options["alpha"]}
+    assert not any(r.out_of_time for r in first)
+    assert search.method_entry(ap, first, 5)["budget_reached"] is False
+
+    # A budget already spent: the recipe's trial still runs, one epoch, and the entry says why.
+    [cut] = search_method(task, budget_s=0.0)
+    assert cut.number == 0 and cut.out_of_time and cut.epochs_run == 1 and not cut.stopped_early
+    entry = search.method_entry(ap, [cut], 5)
+    assert entry["budget_reached"] is True and "search.time_budget_s ended this search" in entry["note"]

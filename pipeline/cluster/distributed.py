@@ -107,8 +107,8 @@ def connect(ray_config: RayConfig, log_file: Path | None = None) -> None:
         # "local", not no address: ray.init() without one joins the cluster `ray start` last
         # started on this machine (/tmp/ray/ray_current_cluster), someone else's, which may stop
         # at any time. A local cluster serves this machine only: all of its traffic, the
-        # dashboard (and the State API behind it) included, stays on loopback.
-        ray.init(address="local", log_to_driver=False, logging_level=logging.INFO, include_dashboard=True,
+        # dashboard (and the State API behind it) when ray.dashboard asks for it, stays on loopback.
+        ray.init(address="local", log_to_driver=False, logging_level=logging.INFO, include_dashboard=ray_config.dashboard,
                  dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
         lost = ("the stage's local Ray cluster stopped answering (were its processes killed, or the machine "
                 "out of memory?); the runs keep their checkpoints: run the stage again to resume")

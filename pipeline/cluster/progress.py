@@ -19,14 +19,17 @@ from pipeline.console import console_width, wrap
 from pipeline.runs.jobs import TrainJob
 
 RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data")
+# The project's own detail that a person reads only when looking closer (the search's trials).
+PROGRESS_LOG = "pipeline.progress"
 
 
 def quiet_ray_logging(log_file: Path) -> None:
-    """Ray's own messages (start-up, Tune's bookkeeping, retries in detail) go to ``log_file``."""
+    """Ray's own messages (start-up, Tune's bookkeeping, retries in detail) and the project's
+    :data:`PROGRESS_LOG` go to ``log_file``."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in RAY_LOGGERS:
+    for name in (*RAY_LOGGERS, PROGRESS_LOG):
         logger = logging.getLogger(name)
         for old in list(logger.handlers):
             if isinstance(old, logging.StreamHandler) and not isinstance(old, logging.FileHandler):

@@ -1,9 +1,10 @@
-"""Choose each fine-tuning method's hyperparameters on validation, with Ray Tune.
+"""Choose each fine-tuning method's hyperparameters on validation: Optuna's TPE and successive
+halving, each method's trials one at a time, the methods side by side on Ray.
 
-For every method the search runs one Tune experiment: Optuna's TPE sampler proposes settings from
-:data:`SEARCH_SPACES` (the recipe's values, with the user's overrides, are the first trial), and
-an ASHA scheduler stops trials whose validation score falls behind at its rungs. Each trial
-fine-tunes the baseline on one worker and reports, every epoch,
+For every method, Optuna's TPE sampler proposes settings from :data:`SEARCH_SPACES` (the
+recipe's values, with the user's overrides, are the first trial), and successive halving
+(:mod:`pipeline.cluster.halving`, ASHA's rule) stops trials whose validation score falls behind
+the earlier trials' at its rungs. Each trial fine-tunes the baseline and scores every epoch
 
     search_score = val_wer                                   if val_accuracy >= floor
                    val_wer + max_cost * (1 + floor - acc)    otherwise
@@ -15,11 +16,15 @@ count becomes the method's ``epochs``. Keys the user set in ``finetune.<method>`
 searched. All trials of a method share one seed (common random numbers: settings are compared on
 the same data order), which the replications of the finetune stage do not use.
 
-The search stops at ``search.max_trials`` trials per method or when its share of
-``search.time_budget_s`` is spent (unused time passes to the next method). It is as
-deterministic as the machine's timing allows: with a time budget or concurrent trials, which
-trials finish first decides what TPE proposes next. DVC caches the result, so a re-run of the
-pipeline reuses it; change a ``search`` setting to search again.
+A method's trials run one after the other in one Ray worker (:func:`search_method`); up to
+``ray.max_concurrent_trials`` methods run at a time (:func:`run_searches`). So what TPE proposes
+and what halving stops never depend on which trial reports first: the same inputs give the same
+trials and the same choice on every run. The one exception is the time budget: a method's search
+stops at ``search.max_trials`` trials or when its share of ``search.time_budget_s`` is spent
+(unused time passes to the methods after it), and where the budget ends a search, how far it got
+depends on the machine's speed: its trials say ``out_of_time`` and chosen.json says so. DVC
+caches the result, so a re-run of the pipeline reuses it; change a ``search`` setting to search
+again.
 
 Validation WER of one run is noisy (about 10% per epoch on a few thousand images): the search
 narrows the settings, and the recommendation (pipeline.reporting.evaluation) then compares methods on the
@@ -35,21 +40,21 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from pipeline.cluster.distributed import tune_experiment
-from pipeline.cluster.progress import say
+from pipeline.cluster.halving import Decision, SuccessiveHalving, rungs
+from pipeline.cluster.progress import PROGRESS_LOG, say
 from pipeline.codedeps import code_digest
 from pipeline.config import MethodConfig, RayConfig, SearchConfig
 from pipeline.errors import UserError
 from pipeline.runs.jobs import TrainJob, run_name
-from pipeline.runs.sessions import TuneSession
+from pipeline.runs.sessions import LocalSession
 
-SCORE = "search_score"
-_LOG = logging.getLogger("ray.tune.search.progress")  # a Ray logger: it writes to runs/logs/search.log
+# Successive halving keeps the best third at each rung; the first rung is a quarter of the epochs.
+REDUCTION_FACTOR = 3
+_LOG = logging.getLogger(PROGRESS_LOG)  # runs/logs/search.log
 
 
 class SearchError(UserError):
@@ -132,7 +137,8 @@ class TrialRecord:
     val_wer: float | None
     val_accuracy: float | None
     feasible: bool
-    stopped_early: bool
+    stopped_early: bool  # by successive halving
+    out_of_time: bool = False  # stopped after an epoch because the time budget ran out
     error: str | None = None
 
 
@@ -167,104 +173,173 @@ def apply_choice(method: MethodConfig, chosen: Mapping[str, Any]) -> MethodConfi
     return dataclasses.replace(method, optim=optim, options=dict(chosen["options"]))
 
 
-# ---------------------------------------------------------------------- Ray Tune
+# ---------------------------------------------------------------------- running a search
 
 
-class ScoredSession(TuneSession):
-    """A Tune trial's session that adds the search score, and the best epoch so far, to each report."""
+class TrialStopped(Exception):
+    """Ends a trial between epochs: successive halving stopped it, or the time budget ran out."""
 
-    def __init__(self, floor: float, max_cost: float, device: str | None = None) -> None:
-        super().__init__(device)
-        self.floor, self.max_cost = floor, max_cost
+    def __init__(self, out_of_time: bool) -> None:
+        super().__init__("out of time" if out_of_time else "stopped by successive halving")
+        self.out_of_time = out_of_time
+
+
+class ScoredSession(LocalSession):
+    """A trial's session: scores each epoch, keeps the best so far, and asks ``judge`` (given the
+    epochs run and the best score) whether to go on; ``judge`` raises :class:`TrialStopped`."""
+
+    def __init__(self, floor: float, max_cost: float, judge: Callable[[int, float], None]) -> None:
+        super().__init__()
+        self.floor, self.max_cost, self.judge = floor, max_cost, judge
         self.best: dict[str, float] | None = None
+        self.epochs_run = 0
 
     def report(self, metrics: dict[str, float]) -> None:
+        super().report(metrics)
         score = search_score(metrics["val_wer"], metrics["val_accuracy"], self.floor, self.max_cost)
-        if self.best is None or score < self.best["best_score"]:
-            self.best = {"best_score": score, "best_epoch": metrics["epoch"], "best_val_wer": metrics["val_wer"],
-                         "best_val_accuracy": metrics["val_accuracy"]}
-        super().report({**metrics, SCORE: score, **self.best})
+        if self.best is None or score < self.best["score"]:
+            self.best = {"score": score, "epoch": metrics["epoch"], "val_wer": metrics["val_wer"],
+                         "val_accuracy": metrics["val_accuracy"]}
+        self.epochs_run = int(metrics["epoch"]) + 1
+        self.judge(self.epochs_run, self.best["score"])
 
 
-def _search_trial(values: dict[str, Any], base: dict[str, Any], settings: dict[str, Any]) -> None:
-    """One trial: fine-tune ``base`` with ``values`` here; the run's files live in a scratch folder."""
-    from pipeline.runs.train import train_func
+@dataclass(frozen=True)
+class SearchTask:
+    """One method's search, as a cluster runs it: everything but its share of the time."""
 
-    job = dict(base)
-    optim, options = dict(job["optim"]), dict(job["method_options"])
-    for key, value in values.items():
-        (optim if key in optim else options)[key] = int(value) if key in settings["integers"] else float(value)
-    job.update(optim=optim, method_options=options)
-    with tempfile.TemporaryDirectory(prefix="csada-search-") as scratch:
-        session = ScoredSession(settings["floor"], settings["max_cost"])
-        train_func({"job": job, "root": settings["root"], "store": scratch, "cpus": settings["cpus"],
-                    "checkpoint_interval_s": math.inf}, session=session)
+    method: MethodConfig
+    base: TrainJob
+    floor: float
+    max_cost: float
+    search: SearchConfig
+    root: str  # the project root, absolute: trials read the job's files relative to it
+    seed: int
 
 
-def _tune_dimension(dim: Dimension) -> Any:
-    import ray.tune
+def search_method(task: SearchTask, budget_s: float) -> list[TrialRecord]:
+    """Run one method's search in this process, one trial at a time; every trial's record, in
+    the order they were proposed (the recipe's values first).
 
-    if dim.kind == "int":
-        return ray.tune.randint(int(dim.low), int(dim.high) + 1)  # upper bound exclusive
-    return ray.tune.loguniform(dim.low, dim.high)
-
-
-def search_method(method: MethodConfig, base: TrainJob, *, floor: float, max_cost: float, search: SearchConfig,
-                  budget_s: float, ray_config: RayConfig, gpu: bool, root: Path, storage: str,
-                  seed: int) -> list[TrialRecord]:
-    """Run one method's Tune experiment; every trial's record, in the order they were proposed."""
+    Optuna's TPE sampler proposes each trial knowing every earlier one; successive halving
+    (:mod:`pipeline.cluster.halving`) judges each trial against the earlier ones. With the same
+    inputs the trials, their stops and the choice are the same on every run, unless the time
+    budget ends the search: a trial running at the deadline stops after its epoch
+    (``out_of_time``) and no further trial starts."""
     import optuna
-    import ray.tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study on the console
-    space = search_space(method)
-    start = {k: v for k, v in starting_point(method).items() if k in space}
+    method, space = task.method, search_space(task.method)
+    deadline = time.monotonic() + budget_s
     total_epochs = method.optim.head_only_epochs + method.optim.epochs
-    if not space:  # nothing to search (every key pinned): the one trial is the configured setting
-        samples, algorithm = 1, None
-        param_space: dict[str, Any] = {}
-    else:
-        samples = search.max_trials
-        algorithm = ConcurrencyLimiter(OptunaSearch(points_to_evaluate=[start], seed=seed),
-                                       max_concurrent=ray_config.max_concurrent_trials)
-        param_space = {key: _tune_dimension(dim) for key, dim in space.items()}
-    settings = {"floor": floor, "max_cost": max_cost, "root": str(root.resolve()), "cpus": ray_config.cpus_per_worker,
-                "integers": sorted(k for k, d in space.items() if d.kind == "int")}
-    trainable = ray.tune.with_parameters(_search_trial, base=base.to_dict(), settings=settings)
-    resources = {"CPU": ray_config.cpus_per_worker, "GPU": 1 if gpu else 0}
-    with tune_experiment(storage, f"search-{base.name}") as folder:
-        tuner = ray.tune.Tuner(
-            ray.tune.with_resources(trainable, resources),
-            param_space=param_space,
-            tune_config=ray.tune.TuneConfig(
-                metric=SCORE, mode="min", search_alg=algorithm, num_samples=samples, time_budget_s=budget_s,
-                reuse_actors=True,  # the ConcurrencyLimiter caps concurrent trials
-                scheduler=ASHAScheduler(time_attr="training_iteration", max_t=total_epochs,
-                                        grace_period=max(1, total_epochs // 4), reduction_factor=3),
-            ),
-            run_config=ray.tune.RunConfig(name=folder, storage_path=storage, verbose=0,
-                                          callbacks=[_search_progress(method.name, samples)]),
-        )
-        results = tuner.fit()
-    records = []
-    for number, result in enumerate(results):  # in the order the trials were made: the start first
-        metrics = result.metrics or {}
-        values = {k: v for k, v in (result.config or {}).items() if k in space}
-        run = int(metrics.get("training_iteration", 0))
-        best = metrics.get("best_score")
-        records.append(TrialRecord(
-            number=number, values=values, epochs_run=run,
-            best_epoch=int(metrics["best_epoch"]) if best is not None else None,
-            score=float(best) if best is not None else math.inf,
-            val_wer=metrics.get("best_val_wer"), val_accuracy=metrics.get("best_val_accuracy"),
-            feasible=best is not None and metrics.get("best_val_accuracy", -1.0) >= floor,
-            stopped_early=result.error is None and 0 < run < total_epochs,
-            error=_first_line(result.error) if result.error is not None else None,
-        ))
+    halving = SuccessiveHalving(rungs(total_epochs, max(1, total_epochs // 4), REDUCTION_FACTOR), REDUCTION_FACTOR)
+    study = optuna.create_study(direction="minimize", sampler=optuna.samplers.TPESampler(seed=task.seed))
+    if space:
+        study.enqueue_trial({k: v for k, v in starting_point(method).items() if k in space})
+    distributions = {key: _distribution(dim) for key, dim in space.items()}
+    records: list[TrialRecord] = []
+    # Nothing to search (every key pinned): the one trial is the configured setting.
+    for number in range(task.search.max_trials if space else 1):
+        if number > 0 and time.monotonic() >= deadline:
+            break  # the recipe's values always run; no other trial starts after the deadline
+        proposal = study.ask(distributions)
+        record = run_trial(task, number, dict(proposal.params), halving, deadline)
+        halving.end(number, record.epochs_run)
+        if math.isfinite(record.score):
+            study.tell(proposal, record.score)
+        else:
+            study.tell(proposal, state=optuna.trial.TrialState.FAIL)
+        records.append(record)
     return records
+
+
+def run_trial(task: SearchTask, number: int, values: dict[str, Any], halving: SuccessiveHalving,
+              deadline: float) -> TrialRecord:
+    """Fine-tune the task's base with ``values`` here, in a scratch run folder, until the last
+    epoch, a stop by ``halving``, the ``deadline`` or an error (recorded, not raised)."""
+    from pipeline.runs.train import train_func
+
+    base = task.base.to_dict()
+    optim, options = dict(base["optim"]), dict(base["method_options"])
+    for key, value in values.items():
+        (optim if key in optim else options)[key] = value
+    total_epochs = optim.get("head_only_epochs", 0) + optim["epochs"]
+
+    def judge(epochs_run: int, best_score: float) -> None:
+        decision = halving.judge(number, epochs_run, best_score)
+        if decision is Decision.WAIT:  # a bug: trials run one at a time never wait for another
+            raise RuntimeError(f"trial {number} waits on an earlier trial at epoch {epochs_run}")
+        if decision is Decision.STOP:
+            raise TrialStopped(out_of_time=False)
+        if epochs_run < total_epochs and time.monotonic() >= deadline:
+            raise TrialStopped(out_of_time=True)
+
+    session = ScoredSession(task.floor, task.max_cost, judge)
+    stopped, error = None, None
+    with tempfile.TemporaryDirectory(prefix="csada-search-") as scratch:
+        try:
+            train_func({"job": {**base, "optim": optim, "method_options": options}, "root": task.root,
+                        "store": scratch, "checkpoint_interval_s": math.inf}, session=session)
+        except TrialStopped as stop:
+            stopped = stop
+        except Exception as failure:  # noqa: BLE001 - a failed trial is a result of the search
+            error = _first_line(failure)
+    best = session.best
+    return TrialRecord(
+        number=number, values=values, epochs_run=session.epochs_run,
+        best_epoch=int(best["epoch"]) if best else None, score=best["score"] if best else math.inf,
+        val_wer=best["val_wer"] if best else None, val_accuracy=best["val_accuracy"] if best else None,
+        feasible=best is not None and best["val_accuracy"] >= task.floor,
+        stopped_early=stopped is not None and not stopped.out_of_time,
+        out_of_time=stopped is not None and stopped.out_of_time, error=error)
+
+
+def _distribution(dim: Dimension) -> Any:
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    if dim.kind == "int":
+        return IntDistribution(int(dim.low), int(dim.high))
+    return FloatDistribution(dim.low, dim.high, log=True)
+
+
+def run_searches(tasks: Sequence[SearchTask], *, budget_s: float, ray_config: RayConfig,
+                 gpu: bool) -> Iterator[tuple[int, list[TrialRecord], float]]:
+    """Each task's search as one Ray task (one worker, its trials one after the other), at most
+    ``ray.max_concurrent_trials`` methods at a time: ``(index, records, seconds)`` per task, in
+    the order of ``tasks``. Methods are searched side by side, never a method's trials, so the
+    searches do not depend on which finishes first. Each method gets an equal share of the
+    time left when it starts; what a method leaves unused passes to those after it."""
+    import ray
+
+    remote = ray.remote(num_cpus=ray_config.cpus_per_worker, num_gpus=1 if gpu else 0)(_timed_search)
+    slots = max(1, min(ray_config.max_concurrent_trials, len(tasks)))
+    deadline = time.monotonic() + budget_s
+    running: dict[Any, int] = {}  # a Ray task's result -> its index in ``tasks``
+    finished: dict[int, tuple[list[TrialRecord], float]] = {}  # done, not yet handed back
+    handed_back = 0
+
+    def one_finished() -> Iterator[tuple[int, list[TrialRecord], float]]:
+        nonlocal handed_back
+        ready, _ = ray.wait(list(running), num_returns=1)
+        finished[running.pop(ready[0])] = ray.get(ready[0])
+        while handed_back in finished:
+            yield (handed_back, *finished.pop(handed_back))
+            handed_back += 1
+
+    pending = list(range(len(tasks)))
+    while pending:
+        if len(running) >= slots:
+            yield from one_finished()
+        index = pending.pop(0)
+        waves_left = math.ceil((len(tasks) - index) / slots)
+        running[remote.remote(tasks[index], max(1.0, (deadline - time.monotonic()) / waves_left))] = index
+    while running:
+        yield from one_finished()
+
+
+def _timed_search(task: SearchTask, budget_s: float) -> tuple[list[TrialRecord], float]:
+    started = time.monotonic()
+    return search_method(task, budget_s), time.monotonic() - started
 
 
 def search_key(base: TrainJob, space: Mapping[str, Dimension], search: SearchConfig, floor: float,
@@ -292,31 +367,16 @@ def _first_line(error: BaseException) -> str:
     return (lines[-1] if lines else type(error).__name__)[:200]
 
 
-def _search_progress(method: str, samples: int) -> Any:
-    import ray.tune
-
-    class SearchProgress(ray.tune.Callback):
-        """The console gets a line per failed trial; the log a line per trial that beats the best so far."""
-
-        def __init__(self) -> None:
-            self.done, self.best, self.clock = 0, math.inf, time.monotonic()
-
-        def _where(self) -> str:
-            return f"search {method} [{self.done}/{samples}]"
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.done += 1
-            result = trial.last_result or {}
-            if "best_score" in result and result["best_score"] < self.best:
-                self.best = result["best_score"]
-                below = result["best_score"] > result["best_val_wer"]  # the score's accuracy penalty
-                _LOG.info("%s best so far: validation WER %.4f, accuracy %.4f%s at epoch %d (%.0f s)", self._where(),
-                          result["best_val_wer"], result["best_val_accuracy"], " (below the bound)" if below else "",
-                          int(result["best_epoch"]) + 1, time.monotonic() - self.clock)
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.done += 1
-            error = _first_line(Exception(getattr(trial, "error_msg", "") or "see runs/logs/search.log"))
-            say(f"  {self._where()} a trial FAILED ({error})")
-
-    return SearchProgress()
+def log_trials(method: str, records: Sequence[TrialRecord], samples: int, seconds: float) -> None:
+    """The log gets a line per trial that beats the best so far; the console a line per failed trial."""
+    best = math.inf
+    for record in records:
+        where = f"search {method} [{record.number + 1}/{samples}]"
+        if record.error is not None:
+            say(f"  {where} a trial FAILED ({record.error})")
+        if math.isfinite(record.score) and record.score < best:
+            best = record.score
+            below = "" if record.feasible else " (below the bound)"
+            _LOG.info("%s best so far: validation WER %.4f, accuracy %.4f%s at epoch %d", where, record.val_wer,
+                      record.val_accuracy, below, record.best_epoch + 1)
+    _LOG.info("search %s: %d trials in %.1f s", method, len(records), seconds)

@@ -233,8 +233,13 @@ def search_lines(search: Mapping[str, Any]) -> list[str]:
         best = entry["best"]
         values = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(best["values"].items()))
         flag = "" if best["feasible"] else " (accuracy below the floor)"
-        lines.append(f"| {_md(_display(method))} | {entry['trials']} ({entry['stopped_early']}) | {_md(values) or 'n/a'} "
-                     f"| {best['epoch']} | {_wer(best['val_wer'])}{flag} | {_percent(best['val_accuracy'])} |")
+        timed = ", time budget reached" if entry.get("budget_reached") else ""
+        lines.append(f"| {_md(_display(method))} | {entry['trials']} ({entry['stopped_early']}){timed} "
+                     f"| {_md(values) or 'n/a'} | {best['epoch']} | {_wer(best['val_wer'])}{flag} "
+                     f"| {_percent(best['val_accuracy'])} |")
+    if any(entry.get("budget_reached") for entry in search["methods"].values()):
+        lines += ["", "Where the time budget (search.time_budget_s) ended a search, how far it got depends on the "
+                  "machine's speed: another run may choose differently. Every other search is the same on every run."]
     return lines
 
 
