@@ -240,8 +240,9 @@ def _claim_rows(view: Mapping[str, Any]) -> list[tuple[str, str, str, str, str, 
     settings = view["settings"]
 
     def with_settings(rows: list, experiment: str) -> list:
-        text = "; ".join(f"{DISPLAY.get(m, m)}: {settings_text(v)}" for m, v in settings[experiment].items()) \
-            if experiment != "lambdas" and experiment != "convergence" else f"CSADA: {settings_text(settings[experiment])}"
+        # lambdas and convergence run CSADA alone: their settings are one record, the others' one per method
+        per_method = settings[experiment] if experiment in ("pairs", "table") else {"csada": settings[experiment]}
+        text = "; ".join(f"{DISPLAY.get(m, m)}: {settings_text(v)}" for m, v in per_method.items())
         return [(*row, text) for row in rows]
 
     return [*with_settings(pair_claims(view["pairs"]), "pairs"), *with_settings(lambda_claims(view["lambdas"]), "lambdas"),
@@ -348,6 +349,11 @@ def _ablation_lines(ablation: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _per_variant(views: Mapping[str, Mapping[str, Any]], render: Any) -> list[str]:
+    """One subsection per variant, each rendered by ``render(view)``."""
+    return [line for label, view in views.items() for line in (f"### {label}", "", *render(view), "")]
+
+
 def render_claims(setting: Mapping[str, Any], toy: Mapping[str, Any], pairs: Mapping[str, Any],
                   lambdas: Mapping[str, Any], convergence: Mapping[str, Any], table: Mapping[str, Any],
                   ablation: Mapping[str, Any], table_lines: list[str]) -> str:
@@ -390,8 +396,7 @@ def render_claims(setting: Mapping[str, Any], toy: Mapping[str, Any], pairs: Map
         "## Figures 1, 3, 4: the pair sweep (section 5.1) and the over-parameterisation test (section 1.1)",
         "",
     ]
-    for label, view in views.items():
-        lines += [f"### {label}", "", *_pair_lines(view["pairs"]), ""]
+    lines += _per_variant(views, lambda view: _pair_lines(view["pairs"]))
     lines += [
         f"![Pair sweep from the zero-loss baseline ({verdict_label})](figures/pairs_zero_loss.png)",
         "",
@@ -400,8 +405,7 @@ def render_claims(setting: Mapping[str, Any], toy: Mapping[str, Any], pairs: Map
         "## Figure 5: lambda (section 5.2)",
         "",
     ]
-    for label, view in views.items():
-        lines += [f"### {label}", "", *_lambda_lines(view["lambdas"]), ""]
+    lines += _per_variant(views, lambda view: _lambda_lines(view["lambdas"]))
     lines += [
         f"![Test WER against lambda ({verdict_label})](figures/lambdas.png)",
         "",
