@@ -33,6 +33,7 @@ from pipeline.method.costfiles import COST_KINDS
 from pipeline.method.registry import FINETUNE_METHODS, METHODS
 from pipeline.models.registry import MODELS
 from pipeline.paper.config import PaperConfig, parse_paper
+from pipeline.predict.settings import PredictConfig, parse_predict
 from pipeline.runs.optim import OptimConfig
 from pipeline.validation import (
     OPTIM_KEYS,
@@ -126,6 +127,7 @@ class Paths:
     finetune: Path
     evaluation: Path
     report: Path
+    recommended: Path
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,7 @@ class Config:
     top_k: int
     paths: Paths
     search: SearchConfig = SearchConfig()
+    predict: PredictConfig = PredictConfig()
     paper: PaperConfig | None = None  # the paper's experiments (paper/dvc.yaml); parsed from the recipe's defaults
 
 
@@ -164,6 +167,7 @@ PARAM_SOURCES: dict[str, tuple[str, ...]] = {
     "methods": ("finetune.methods", *(f"finetune.{m}" for m in FINETUNE_METHODS), "recipe"),
     "replications": ("finetune.replications",),
     "search": ("search",),
+    "predict": ("predict",),
     # The paper's experiments (paper/params.yaml): each field from its own keys.
     "paper.replications": ("paper.replications",),
     "paper.baseline_max_epochs": ("paper.baselines.max_epochs",),
@@ -180,7 +184,7 @@ PARAM_SOURCES: dict[str, tuple[str, ...]] = {
     "paper.ablation": ("paper.ablation", "paper.variants", "recipe"),
     "ray": ("ray",),
     "top_k": ("recipe",),
-    **{f"paths.{name}": ("dataset",) for name in ("raw", "manifest", "cost")},
+    **{f"paths.{name}": ("dataset",) for name in ("raw", "manifest", "cost", "recommended")},
     **{f"paths.{name}": () for name in ("baseline", "search", "finetune", "evaluation", "report")},
 }
 
@@ -395,7 +399,7 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
         recipe_dir = recipe_dir if recipe_dir is not None else _recipes_near(path)
         project = path.parent
     available_cpus = os.cpu_count() if available_cpus is None else available_cpus
-    check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "search", "ray", "paper"},
+    check_keys(params, {"dataset", "seed", "data", "costs", "baseline", "finetune", "search", "predict", "ray", "paper"},
                "<top>")
     dataset = one_of(params.get("dataset", "digits"), DATASETS, "dataset", "valid")
     if recipe is None:
@@ -423,6 +427,7 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
         replications=positive_int(finetune.get("replications", 3), "finetune.replications"),
         ray=_ray_config(as_mapping(params.get("ray"), "ray"), available_cpus, project),
         search=_search_config(as_mapping(params.get("search"), "search")),
+        predict=parse_predict(as_mapping(params.get("predict"), "predict")),
         paper=parse_paper(as_mapping(params.get("paper"), "paper"), recipe, dataset),
         top_k=positive_int(evaluate.get("top_k", 3), f"{RECIPE_DIR}/{dataset}.yaml:evaluate.top_k"),
         paths=Paths(
@@ -434,5 +439,6 @@ def load_config(params: Mapping[str, Any] | str | os.PathLike[str] = "params.yam
             finetune=Path("models") / "finetune",
             evaluation=Path("results"),
             report=Path("results") / "report.md",
+            recommended=Path("models") / dataset / "recommended",
         ),
     )

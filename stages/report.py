@@ -15,6 +15,7 @@ from pipeline.reporting.report import (
 from pipeline.stage import run_stage
 
 CHOSEN_FILE = "chosen.json"  # written by the search stage
+ABSTENTION_FILE = "abstention.json"  # written by the export stage
 
 
 def main(config: Config) -> str:
@@ -27,7 +28,8 @@ def main(config: Config) -> str:
                          extra={"replications": config.replications, "model": config.model},
                          score_notes={name: spec.scores_note for name, spec in METHODS.items() if spec.scores_note},
                          recommendation=recommendation, search=search,
-                         identical=summary.get("identical_predictions"))
+                         identical=summary.get("identical_predictions"),
+                         abstention=json.loads((results / ABSTENTION_FILE).read_text()))
     write_report(text, config.paths.report)
     print(one_screen_summary(methods, cost, dataset=config.dataset, top_k=config.top_k, paths={
         "report": str(config.paths.report),

@@ -124,6 +124,11 @@ def test_toy_uses_its_critical_pair():
         (dict(dataset="table"), r"dataset = 'table' needs data.source"),
         (dict(evaluate={"top_k": 3}), r"params.yaml: unknown key evaluate;"),
         (dict(seed=-1), r"seed = -1 is invalid"),
+        (dict(predict__max_cost=0), r"predict.max_cost = 0 is invalid; expected the largest expected cost per case"),
+        (dict(predict__max_cost="low"), r"predict.max_cost = 'low' is invalid"),
+        (dict(predict__max_cost=float("inf")), r"predict.max_cost = inf is invalid"),
+        (dict(predict__calibration_fraction=1), r"predict.calibration_fraction = 1 is invalid; expected the share"),
+        (dict(predict__alpha=0.1), r"unknown key predict.alpha; valid keys: calibration_fraction, max_cost"),
         (dict(learning_rate=1), r"params.yaml: unknown key learning_rate;"),
     ],
 )

@@ -158,6 +158,41 @@ def test_confusion_csvs_of_the_baseline_and_the_recommended_model(tmp_path):
     assert len(pd.read_csv(tmp_path / "plots/confusion/baseline.csv")) == len(LABELS)
 
 
+def test_the_exported_model_is_the_replication_of_lowest_validation_wer_with_its_own_test_decisions(tmp_path):
+    # csada is recommended under argmax (mean validation WER 0.25); of its replications r1 has
+    # the lower validation WER (0.2 < 0.3), so r1 is the one model exported, with r1's own test
+    # figures (CONFIDENT: right on every sample), not the means over replications.
+    validation = {"baseline": {"argmax": 0.5, "expected_cost": 0.5, "calibrated_expected_cost": 0.5},
+                  "csada-r0": {"argmax": 0.3, "expected_cost": 0.6, "calibrated_expected_cost": 0.6},
+                  "csada-r1": {"argmax": 0.2, "expected_cost": 0.6, "calibrated_expected_cost": 0.6}}
+    write_evaluation(RUNS, COST, tmp_path, top_k=2, validation=validation)
+    recommendation = json.loads((tmp_path / "recommendation.json").read_text())
+    exported = recommendation["exported"]
+    assert (exported["run"], exported["replication"], exported["decision_rule"]) == ("csada-r1", 1, "argmax")
+    assert (exported["val_wer"], exported["test_wer"], exported["test_accuracy"]) == (0.2, 0.0, 1.0)
+    assert recommendation["test_wer"] == 1.125  # the recommendation's own figures stay means
+    decisions = pd.read_csv(tmp_path / "tables/exported_decisions.csv")
+    assert decisions.values.tolist() == [["a", "a"], ["a", "a"], ["b", "b"], ["c", "c"]]
+    assert list(decisions.columns) == ["actual", "decision"]
+
+    # The other way round, r0 is exported, under its rule: MIXED's argmax decisions.
+    validation["csada-r0"]["argmax"], validation["csada-r1"]["argmax"] = 0.2, 0.3
+    write_evaluation(RUNS, COST, tmp_path, top_k=2, validation=validation)
+    assert json.loads((tmp_path / "recommendation.json").read_text())["exported"]["run"] == "csada-r0"
+    assert pd.read_csv(tmp_path / "tables/exported_decisions.csv")["decision"].tolist() == ["a", "c", "b", "a"]
+
+
+def test_a_recommended_baseline_is_exported_itself(tmp_path):
+    runs = [run("baseline", None, MIXED), run("ap", 0, CONFIDENT)]
+    validation = {"baseline": {"argmax": 0.3, "expected_cost": 0.2, "calibrated_expected_cost": 0.31},
+                  "ap-r0": {"argmax": 0.31, "expected_cost": 0.4, "calibrated_expected_cost": 0.5}}
+    write_evaluation(runs, COST, tmp_path, top_k=1, validation=validation)
+    exported = json.loads((tmp_path / "recommendation.json").read_text())["exported"]
+    assert (exported["run"], exported["replication"], exported["decision_rule"]) == ("baseline", None, "expected_cost")
+    assert exported["test_wer"] == 2.0  # MIXED under the expected-cost rule, by hand above
+    assert pd.read_csv(tmp_path / "tables/exported_decisions.csv")["decision"].tolist() == ["b", "c", "b", "b"]
+
+
 def test_the_baseline_wins_every_tie_and_is_recommended_when_nothing_beats_it():
     runs = {"ap": ["ap-r0"], "baseline": ["baseline"]}  # the baseline listed last: ties must still go to it
 

@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -63,11 +64,12 @@ def test_repro_writes_every_output_quietly_and_is_then_a_no_op(repo):
         assert set(method) == RULES
         assert 0.0 <= method["argmax"]["wer"]["mean"] and 0.0 <= method["argmax"]["accuracy"]["mean"] <= 1.0
     report = (work / "results/report.md").read_text()
-    for column in ("Baseline", "CSADA", "AP", "## Recommendation", "## Hyperparameter search"):
+    for column in ("Baseline", "CSADA", "AP", "## Recommendation", "## Abstention", "## Hyperparameter search"):
         assert column in report
-    for figure in ("wer", "confusion", "curves"):
+    for figure in ("wer", "confusion", "curves", "abstention"):
         assert (work / f"results/figures/{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (work / "models/baseline/model.pt").is_file()
+    assert sorted(p.name for p in (work / "models/digits/recommended").iterdir()) == ["model.json", "model.pt"]
     assert len(list((work / "models/finetune").glob("*/model.pt"))) == len(TINY_METHODS)
     confusion = (work / "results/plots/confusion/baseline.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 357
@@ -83,6 +85,59 @@ def test_repro_writes_every_output_quietly_and_is_then_a_no_op(repo):
 
     run(["git", "add", "-A"], work, env)
     run(["git", "commit", "-q", "-m", "tiny results"], work, env)
+
+
+def test_the_exported_model_decides_what_the_evaluate_stage_decided_here_and_on_ray(repo, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.method.costfiles import load_costs
+    from pipeline.method.metrics import cost_metrics
+
+    work, env = repo
+    # The test images as the digits data set reads them: scikit-learn's counts 0..16 divided by
+    # 16 (pixels in [0, 1]), in the test split's order, with their labels.
+    raw = np.load(work / "data/raw/digits/digits.npz")
+    manifest = pd.read_parquet(work / "data/split/digits.parquet")
+    ids = np.sort(manifest.loc[manifest["split"] == "test", "sample_id"].to_numpy())
+    np.savez(tmp_path / "test.npz", x=(raw["images"][ids] / 16).astype(np.float32), y=raw["target"][ids])
+    here = {key: value for key, value in env.items() if key != "RAY_ADDRESS"}
+    command = [sys.executable, "-m", "pipeline.predict", "models/digits/recommended", str(tmp_path / "test.npz")]
+    said = run([*command, "--out", str(tmp_path / "here.csv")], work, here).stderr.strip().splitlines()[-1]
+    on_ray = run([*command, "--out", str(tmp_path / "ray.csv")], work, env).stderr  # RAY_ADDRESS: Ray Data
+    assert "(on Ray)" in on_ray
+    assert (tmp_path / "ray.csv").read_text() == (tmp_path / "here.csv").read_text()
+
+    predicted = pd.read_csv(tmp_path / "here.csv", dtype=str)
+    evaluated = pd.read_csv(work / "results/tables/exported_decisions.csv", dtype=str)
+    assert len(predicted) == len(evaluated) == len(ids)
+    assert predicted["label"].tolist() == evaluated["actual"].tolist()
+    assert predicted["decision"].tolist() == evaluated["decision"].tolist()  # every decision the same
+    cost = load_costs(work / "data/costs/digits.csv")
+    index = {name: i for i, name in enumerate(cost.classes)}
+    wer = cost_metrics(predicted["label"].map(index).to_numpy(), predicted["decision"].map(index).to_numpy(), cost,
+                       top_k=0)["wer"]
+    exported = json.loads((work / "results/recommendation.json").read_text())["exported"]
+    model = json.loads((work / "models/digits/recommended/model.json").read_text())
+    assert wer == exported["test_wer"] == model["selection"]["exported"]["test_wer"]  # to the last digit
+    assert f"WER {exported['test_wer']!r} deciding all" in said
+    threshold = model["decision"]["abstention"]["threshold"]
+    abstained = predicted["abstained"] == "true"
+    if threshold is not None:
+        assert abstained.tolist() == (predicted["expected_cost"].astype(float) >= threshold).tolist()
+
+    # The export is a DVC model artifact: once a version is tagged, found by name, no network.
+    run(["git", "tag", "-a", "recommended-model@v1.0.0", "-m", "the tiny pipeline's model"], work, env)
+    try:
+        shown = run([sys.executable, "-c", "import dvc.api, json; print(json.dumps("
+                     "dvc.api.artifacts_show('recommended-model')))"], work, env).stdout
+        head = run(["git", "rev-parse", "HEAD"], work, env).stdout.strip()
+        assert json.loads(shown) == {"rev": head, "path": "models/digits/recommended"}
+        run(["dvc", "artifacts", "get", ".", "recommended-model", "-o", str(tmp_path / "got")], work, env)
+        for name in ("model.json", "model.pt"):
+            assert (tmp_path / "got" / name).read_bytes() == (work / "models/digits/recommended" / name).read_bytes()
+    finally:
+        run(["git", "tag", "-d", "recommended-model@v1.0.0"], work, env)
 
 
 def test_exp_run_with_an_added_override_metrics_diff_and_exp_show(repo):

@@ -243,3 +243,30 @@ def test_the_report_says_which_methods_made_identical_test_predictions():
             "columns are equal") in argmax
     assert "Baseline, CSADA and zeta predicted the same class" in expected and "AP and SOSR" not in expected
     assert "predicted the same class" not in render_report(SUMMARY, COST, dataset="d", top_k=1)
+
+
+def abstention(threshold=0.29, calibration_rate=0.25, held_rate=0.2, held_cost=0.05):
+    return {"model": "csada-r0", "decision_rule": "calibrated_expected_cost", "threshold": threshold, "max_cost": 0.35,
+            "bound": 56.7, "floor": 56.7 / 181, "calibration_cases": 180, "calibration_fraction": 0.5,
+            "calibration": {"n": 180, "cost_per_case": 0.03, "abstention_rate": calibration_rate,
+                            "cost_per_decided_case": 0.04},
+            "held_out": {"n": 177, "cost_per_case": held_cost, "abstention_rate": held_rate,
+                         "cost_per_decided_case": None if held_rate == 1 else 0.0625, "wer_deciding_all": 0.26}}
+
+
+def test_the_report_shows_the_abstention_beside_its_promise():
+    text = render_report(SUMMARY, COST, dataset="d", top_k=1, recommendation=recommendation(), abstention=abstention())
+    section = text.split("## Abstention", 1)[1].split("\n## ", 1)[0]
+    assert "(csada-r0, calibrated_expected_cost) abstains when the expected cost of its decision is at least 0.29" in section
+    assert "on 180 test cases (a stratified 0.5 of the test split)" in section
+    assert table(text, "## Abstention") == [
+        "| | max_cost (promise) | cost per case | abstained (%) | cost per decided case |", "|---|---:|---:|---:|---:|",
+        "| Calibration cases (n = 180) | 0.35 | 0.03 | 25.00 | 0.04 |",
+        "| Held-out test cases (n = 177) | 0.35 | 0.05 | 20.00 | 0.0625 |"]
+    assert "no promise below B/(n+1) = 0.3133 can be kept" in section and "figures/abstention.png" in section
+    assert text.index("## Recommendation") < text.index("## Abstention") < text.index("## Cost matrix")
+    never = render_report(SUMMARY, COST, dataset="d", top_k=1, abstention=abstention(None, 0.0, 0.0))
+    assert "never abstains: deciding every case meets the promise" in never
+    everything = render_report(SUMMARY, COST, dataset="d", top_k=1, abstention=abstention(0.0, 1.0, 1.0, 0.0))
+    assert "| Held-out test cases (n = 177) | 0.35 | 0 | 100.00 | n/a |" in everything
+    assert "## Abstention" not in render_report(SUMMARY, COST, dataset="d", top_k=1)

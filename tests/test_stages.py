@@ -22,7 +22,7 @@ from pipeline.reporting.report import RULE_TITLES, identical_note
 from pipeline.runs.checkpoints import RunStore
 from pipeline.runs.jobs import run_name
 from pipeline.runs.train import train_func
-from stages import baseline, costs, evaluate, fetch, finetune, report, search, split
+from stages import baseline, costs, evaluate, export, fetch, finetune, report, search, split
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,6 +105,7 @@ def test_evaluate_and_report_write_their_outputs(toy_project, monkeypatch, capsy
     errors = int((model(val.x).argmax(1) != val.y).sum())
     assert (recommendation["baseline_val_errors"], recommendation["val_samples"]) == (errors, len(val.y))
     assert ("evaluate: warning: the baseline makes only" in said) == (errors < 20), (errors, said)
+    export.main(config)  # the report shows the exported model's abstention
     report.main(config)
     assert "Evaluation of toy" in capsys.readouterr().out
     text = (root / "results/report.md").read_text()
@@ -117,13 +118,17 @@ def test_evaluate_and_report_write_their_outputs(toy_project, monkeypatch, capsy
     for rule, groups in same.items():
         for group in groups:
             assert identical_note(group) in text.split(RULE_TITLES[rule], 1)[1].split("\n## ", 1)[0]
+    assert "## Abstention" in text and "figures/abstention.png" in text
 
 
 def test_no_output_holds_an_absolute_path(toy_project):
     config, root = toy_project
     for path in [*(root / "models").rglob("history.json"), root / config.paths.finetune / finetune.RUNS_INDEX]:
         assert str(root) not in path.read_text(), path
+    assert str(root) not in (root / config.paths.recommended / "model.json").read_text()
     for path in (root / "models").rglob("model.pt"):
+        if path.parent == root / config.paths.recommended:
+            continue  # the export: a bare state dict, its description in model.json
         job = torch.load(path, weights_only=True)["job"]
         assert not any(isinstance(v, str) and v.startswith("/") for v in job.values()), path
 

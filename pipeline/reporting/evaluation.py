@@ -41,12 +41,19 @@ Files written by :func:`pipeline.reporting.outputs.write_evaluation`, under its 
                                  coincide (:func:`identical_predictions`).
 * ``recommendation.json``        the (method, decision rule) of lowest validation WER (:func:`recommend`)
                                  with its test WER and accuracy, the baseline's, and the paired
-                                 difference (:func:`recommendation_record`), for a CI job to gate on.
+                                 difference (:func:`recommendation_record`), for a CI job to gate on;
+                                 under ``exported`` the one replication the export stage hands
+                                 back and its own figures (:func:`exported_record`).
 * ``tables/evaluation.json``     the whole evaluation: summaries and every run's values.
 * ``tables/pair_errors.csv``     long format, one row per (method, replication, rule, true
   ``tables/pair_errors.parquet`` class, predicted class) over every off-diagonal pair, with
                                  columns :data:`PAIR_COLUMNS`.
 * ``tables/top_pairs.csv``       the same rows restricted to the ``top_k`` costliest pairs.
+* ``tables/exported_decisions.csv``  ``actual,decision`` class names, one row per test sample in
+                                 test-set order: the decisions of the one model the export stage
+                                 hands back (``recommendation.json``'s ``exported``: of the
+                                 recommended method's replications, the one of lowest validation
+                                 WER under the recommended rule), which it checks its own against.
 * ``plots/confusion/baseline.csv``, ``plots/confusion/recommended.csv``  ``actual,predicted``
   class names, one row per test sample: the baseline under argmax, and the first replication of
   the recommended method under its rule (DVC template ``confusion``, which counts rows: one model
@@ -103,6 +110,7 @@ EVALUATION_FILE = "tables/evaluation.json"
 PAIR_ERRORS_CSV = "tables/pair_errors.csv"
 PAIR_ERRORS_PARQUET = "tables/pair_errors.parquet"
 TOP_PAIRS_CSV = "tables/top_pairs.csv"
+EXPORTED_DECISIONS = "tables/exported_decisions.csv"
 CONFUSION_DIR = "plots/confusion"
 # The headline metrics, what `dvc metrics show/diff` and `dvc exp show` compare, in the order they
 # show them (the file's own order): the recommended model first (method, decision rule, mean test

@@ -7,6 +7,8 @@
   one colour scale.
 * :func:`curves_figure`: validation curves: the baseline's loss and the fine-tuning runs' WER on
   separate panels (their epochs and scales differ), lines coloured by method.
+* :func:`abstention_figure`: the exported model's cost per case against the share of cases it
+  abstains on, on the held-out test cases (the export stage's).
 
 Every figure has a title, labelled axes with units and a legend (or colour bar) placed outside
 the axes, so that it hides no data, and is written atomically with fixed metadata, so the same
@@ -177,3 +179,27 @@ def draw_curves(baseline: pd.DataFrame, finetune: pd.DataFrame, labels: Mapping[
     for axis in (left, right):
         axis.grid(alpha=0.3)
     return figure
+
+
+def abstention_figure(abstention: np.ndarray, cost: np.ndarray, record: Mapping[str, Any], path: Path) -> None:
+    """Cost per case against the share abstained on the held-out test cases, one point per threshold,
+    with the promise (max_cost), the smallest promise the calibration size allows, and the
+    calibrated threshold's point."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6.4, 4.0))
+    axis.step(100 * abstention, cost, where="post", color="black", lw=1.2,
+              label="each threshold on the held-out cases")
+    axis.axhline(record["max_cost"], color="tab:red", ls="--", lw=1, label=f"promise: max_cost {record['max_cost']:g}")
+    axis.axhline(record["floor"], color="tab:grey", ls=":", lw=1,
+                 label=f"smallest promise possible: B/(n+1) = {record['floor']:.3g}")
+    held = record["held_out"]
+    axis.plot(100 * held["abstention_rate"], held["cost_per_case"], "o", color="tab:red",
+              label=f"calibrated threshold: {100 * held['abstention_rate']:.1f}% abstained, "
+                    f"{held['cost_per_case']:.3g} per case")
+    axis.set_xlabel("cases abstained on, to a person (%)")
+    axis.set_ylabel("cost per case (abstentions cost 0)")
+    axis.set_title(f"Abstention on the held-out test cases (n = {held['n']}); "
+                   f"calibrated on {record['calibration_cases']}", fontsize=9)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    _save(figure, path)

@@ -24,6 +24,7 @@ from pipeline.reporting.evaluation import (
     CONFUSION_DIR,
     CONFUSION_RULE,
     EVALUATION_FILE,
+    EXPORTED_DECISIONS,
     FINETUNE_CURVE,
     HEADLINE_FILE,
     PAIR_ERRORS_CSV,
@@ -44,7 +45,7 @@ from pipeline.reporting.evaluation import (
     pair_error_table,
     top_pair_table,
 )
-from pipeline.reporting.recommendation import recommend, recommendation_record
+from pipeline.reporting.recommendation import exported_record, recommend, recommendation_record
 
 # ---------------------------------------------------------------------- writers
 
@@ -109,6 +110,13 @@ def write_evaluation(
             recommend(validation, {m: [r.name for r in g] for m, g in groups.items()}), evaluation, validation,
             baseline_val_errors)
     chosen = recommendation["method"]
+    exported = None
+    if validation is not None:  # the model the export stage hands back, and its test decisions
+        recommendation["exported"] = exported_record(
+            recommendation, [(run.name, run.replication) for run in groups[chosen]],
+            {run.name: evaluated[run.name] for run in groups[chosen]}, validation)
+        run = next(run for run in groups[chosen] if run.name == recommendation["exported"]["run"])
+        exported = confusion_rows(run, cost, recommendation["decision_rule"]).rename(columns={"predicted": "decision"})
     # DVC's confusion template counts rows, so it cannot draw a mean over replications, and pooled
     # rows would set n models' errors beside the baseline's one: the first replication stands for
     # the method (chosen before any test result; the mean is results/figures/confusion.png).
@@ -134,4 +142,6 @@ def write_evaluation(
             write_csv(frame, out_dir / CONFUSION_DIR / f"{name}.csv")
     for name, frame in curves.items():
         write_csv(frame, out_dir / name)
+    if exported is not None:
+        write_csv(exported, out_dir / EXPORTED_DECISIONS)
     return summary

@@ -85,3 +85,18 @@ def small_validation_warning(record: Mapping[str, Any]) -> str | None:
             f"{MIN_BASELINE_VAL_ERRORS}), so validation WER, which chose the settings and the recommended model, "
             "turns on a handful of samples and the recommendation means little; a larger validation split would "
             "tell the methods apart")
+
+
+def exported_record(choice: Mapping[str, Any], runs: list[tuple[str, int | None]],
+                    test: Mapping[str, Mapping[str, Mapping[str, Any]]],
+                    validation: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
+    """The one model the export stage hands back for ``choice``: of the chosen method's ``runs``
+    ((name, replication), in replication order), the one of lowest validation WER under the
+    chosen rule (ties: the first). The recommendation's figures are means over the replications;
+    these are this model's own, its test figures from ``test`` (run -> rule -> metrics)."""
+    rule = choice["decision_rule"]
+    name, replication = min(runs, key=lambda run: validation[run[0]][rule])  # min keeps the first of ties
+    return {"run": name, "replication": replication, "decision_rule": rule,
+            "val_wer": float(validation[name][rule]), "test_wer": float(test[name][rule]["wer"]),
+            "test_accuracy": float(test[name][rule]["accuracy"]),
+            "chosen_as": "the replication of lowest validation WER under the decision rule"}

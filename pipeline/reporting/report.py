@@ -189,6 +189,34 @@ def recommendation_lines(recommendation: Mapping[str, Any]) -> list[str]:
                     "optimistic; the test columns are the unbiased comparison."]
 
 
+def abstention_lines(abstention: Mapping[str, Any]) -> list[str]:
+    """The exported model's abstention threshold, and what it did on the held-out test cases
+    beside its promise (``abstention.json`` of the export stage)."""
+    held, fit = abstention["held_out"], abstention["calibration"]
+    threshold = abstention["threshold"]
+    rule = ("never abstains: deciding every case meets the promise" if threshold is None
+            else f"abstains when the expected cost of its decision is at least {threshold:.4g}")
+    lines = [
+        f"The exported model ({_md(str(abstention['model']))}, {abstention['decision_rule']}) {rule}. The threshold is "
+        f"set by conformal risk control on {abstention['calibration_cases']} test cases (a stratified "
+        f"{abstention['calibration_fraction']:g} of the test split) so that the expected cost per case of its "
+        f"automated decisions (an abstention costs 0 and goes to a person) is at most max_cost = "
+        f"{abstention['max_cost']:g}; the other test cases measure it.",
+        "",
+        "| | max_cost (promise) | cost per case | abstained (%) | cost per decided case |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, values in (("Calibration cases", fit), ("Held-out test cases", held)):
+        decided = values["cost_per_decided_case"]
+        lines.append(f"| {name} (n = {values['n']}) | {abstention['max_cost']:g} | {values['cost_per_case']:.4g} | "
+                     f"{_percent(values['abstention_rate'])} | {MISSING if decided is None else f'{decided:.4g}'} |")
+    lines += ["", f"Deciding every held-out case would cost {held['wer_deciding_all']:.4g} per case. With "
+                  f"{abstention['calibration_cases']} calibration cases and a largest cost B = {abstention['bound']:.4g}, "
+                  f"no promise below B/(n+1) = {abstention['floor']:.4g} can be kept without abstaining on every case.",
+              "", "![Cost per case against the share abstained](figures/abstention.png)"]
+    return lines
+
+
 def search_lines(search: Mapping[str, Any]) -> list[str]:
     """What the search tried and chose per method (chosen.json of the search stage)."""
     lines = [f"Settings chosen on validation WER; a setting could lose at most the accuracy down to "
@@ -227,9 +255,10 @@ def render_report(
     recommendation: Mapping[str, Any] | None = None,
     search: Mapping[str, Any] | None = None,
     identical: Mapping[str, list[list[str]]] | None = None,
+    abstention: Mapping[str, Any] | None = None,
 ) -> str:
-    """The Markdown report: a header, the recommendation, the table under ``rule``, then one per
-    other rule, then what the search chose.
+    """The Markdown report: a header, the recommendation, the exported model's abstention, the
+    table under ``rule``, then one per other rule, then what the search chose.
 
     ``score_notes`` (method -> text) are printed under the expected-cost tables for the methods
     whose scores are not calibrated logits (``pipeline.method.registry.MethodSpec.scores_note``).
@@ -250,6 +279,7 @@ def render_report(
         "",
         *(["## Recommendation", "", *recommendation_lines(recommendation), ""]
           if recommendation and "paired_difference" in recommendation else []),
+        *(["## Abstention", "", *abstention_lines(abstention), ""] if abstention else []),
         "## Cost matrix",
         "",
         *_cost_lines(cost, top_k),

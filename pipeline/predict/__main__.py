@@ -1,0 +1,5 @@
+"""``python -m pipeline.predict``: the command line of :mod:`pipeline.predict.cli`."""
+
+from pipeline.predict.cli import main
+
+main()
