@@ -78,9 +78,10 @@ def main(config: Config) -> str:
     write_model_folder(config.paths.recommended, spec, load_checkpoint(folder / MODEL_FILE)["model"])
     write_json(record, results / ABSTENTION_FILE)
     abstention_figure(abstained, per_case, record, results / ABSTENTION_FIGURE)
-    held = record["held_out"]
-    return (f"{exported['run']} ({spec.decision_rule}) -> {config.paths.recommended}; abstains at expected cost >= "
-            f"{record['threshold']}: {100 * held['abstention_rate']:.1f}% of held-out test cases, "
+    held, threshold = record["held_out"], record["threshold"]
+    abstains = "never abstains" if threshold is None else f"abstains at expected cost >= {threshold:.4g}"
+    return (f"{exported['run']} ({spec.decision_rule}) -> {config.paths.recommended}; {abstains}: "
+            f"{100 * held['abstention_rate']:.1f}% of held-out test cases, "
             f"{held['cost_per_case']:.4g} per case (max_cost {config.predict.max_cost:g})")
 
 

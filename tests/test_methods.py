@@ -402,8 +402,11 @@ def test_logit_adjusted_is_cross_entropy_for_uniform_costs_and_pure_logit_adjust
     torch.testing.assert_close(LogitAdjusted(cost=uniform).loss(model, x, y)[0], F.cross_entropy(logits, y))
     w = torch.tensor([1.0, 5.0, 2.0])
     by_class = w[:, None] * (1 - torch.eye(3))  # c(y, z) = w_y: G = diag(w), the paper's diagonal case
+    # The authors' code (google-research non_decomp/utils.py, loss_type 'logit_adjusted'): cross-
+    # entropy on logits - log(class_weights / base_probs ** tau), here with balanced classes.
+    base_probs, tau = torch.full((3,), 1 / 3), 1.0
     torch.testing.assert_close(LogitAdjusted(cost=by_class).loss(model, x, y)[0],
-                               F.cross_entropy(logits - w.log(), y))
+                               F.cross_entropy(logits - torch.log(w / base_probs ** tau), y))
     loss, stats = LogitAdjusted(cost=COST).loss(model, x, y)
     assert all(g.abs().sum() > 0 for g in grads(model, loss))
     assert not stats["hybrid"].requires_grad and stats["hybrid"].item() == loss.item()

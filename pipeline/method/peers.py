@@ -115,6 +115,16 @@ class LogitAdjusted(_Plain):
     gains come from metrics (recall, coverage constraints), whose rows are not dominated by one
     large cost.
 
+    What we could check, and what not: the authors' public code (github.com/google-research/
+    google-research, ``non_decomp/utils.py``, ``build_loss_fn`` with ``loss_type='logit_adjusted'``)
+    implements the diagonal case only: cross-entropy on ``logits - log(class_weights /
+    base_probs**tau)``. On balanced classes (uniform base_probs, as in every data set here) that is
+    this loss for class-dependent costs, checked in ``tests/test_methods.py``. The full-matrix form
+    above (M, D, Proposition 4) is from the paper's text as an earlier session summarised it; this
+    session could reach only the paper's abstract, not its section on general gain matrices, so the
+    M/D decomposition is verified by its consequence (the minimiser is the cost-optimal decision,
+    tested) rather than against the text.
+
     Prediction, as in the paper, is argmax_z f_z(x) of the model's plain output: the adjustment
     only enters the loss, so the model needs no extra layer. softmax(f) estimates the normalised
     expected gains p^T G, not p(. | x) (``scores_note``). The paper's loss has no free parameter
