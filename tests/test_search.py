@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.cluster.search import (
     SEARCH_SPACES,
+    Choice,
     Dimension,
     SearchError,
     TrialRecord,
@@ -37,16 +38,24 @@ def test_every_fine_tuning_method_has_a_search_space_of_its_own_settings():
     for name, space in SEARCH_SPACES.items():
         assert "lr" in space
         assert set(space) <= optim | set(METHODS[name].options()), name
-        assert all(d.kind in ("log", "int") and 0 < d.low < d.high for d in space.values())
+        ranges = [d for d in space.values() if isinstance(d, Dimension)]
+        assert all(d.kind in ("log", "int") and 0 < d.low < d.high for d in ranges)
+        choices = [(key, d) for key, d in space.items() if not isinstance(d, Dimension)]
+        assert all(isinstance(d, Choice) and len(d.values) >= 2 for _, d in choices), name
+    assert SEARCH_SPACES["csada"]["pair_weights"] == Choice(("cost", "errors"))  # beyond the paper: item 6
 
 
 def test_the_space_starts_at_the_recipe_widens_to_it_and_leaves_pinned_keys_alone():
-    assert starting_point(CSADA) == {"lr": 1e-4, "adv_weight": 2.0, "temperature": 3.0, "eps": 50.0, "steps": 10}
+    # pair_weights is not in the recipe: the search starts from CSADA's own default, "cost"
+    assert starting_point(CSADA) == {"lr": 1e-4, "adv_weight": 2.0, "temperature": 3.0, "eps": 50.0, "steps": 10,
+                                     "pair_weights": "cost"}
     space = search_space(CSADA)
     assert space["eps"] == Dimension("log", 0.1, 50.0)  # the recipe's 50 lies beyond the default 10
+    assert space["pair_weights"] == Choice(("cost", "errors"))
+    assert Choice(("cost",)).widened("errors") == Choice(("cost", "errors"))
     assert space["lr"] == SEARCH_SPACES["csada"]["lr"]
     pinned = dataclasses.replace(CSADA, pinned=frozenset({"adv_weight", "lr"}))
-    assert set(search_space(pinned)) == {"temperature", "eps", "steps"}
+    assert set(search_space(pinned)) == {"temperature", "eps", "steps", "pair_weights"}
 
 
 def test_a_recipe_without_a_searched_setting_fails_by_name():

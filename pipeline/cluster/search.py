@@ -49,6 +49,7 @@ from pipeline.cluster.progress import PROGRESS_LOG, say
 from pipeline.codedeps import code_digest
 from pipeline.config import MethodConfig, RayConfig, SearchConfig
 from pipeline.errors import UserError
+from pipeline.method.registry import METHODS
 from pipeline.runs.jobs import TrainJob, run_name
 from pipeline.runs.sessions import LocalSession
 
@@ -74,14 +75,27 @@ class Dimension:
         return Dimension(self.kind, min(self.low, start), max(self.high, start))
 
 
+@dataclass(frozen=True)
+class Choice:
+    """One searched setting among named values (a categorical dimension)."""
+
+    values: tuple[str, ...]
+
+    def widened(self, start: str) -> Choice:
+        """The values with ``start`` among them (the recipe's value is always a valid trial)."""
+        return self if start in self.values else Choice((*self.values, start))
+
+
 LEARNING_RATE = Dimension("log", 1e-5, 3e-3)
 # What is searched per method: the learning rate and the method's own strength settings. The
 # epoch count is not sampled: every trial runs the configured epochs (ASHA stops the poor ones)
 # and the best trial's best epoch becomes the chosen count.
-SEARCH_SPACES: dict[str, dict[str, Dimension]] = {
+# CSADA's pair weights: by cost alone (the paper) or by cost times the baseline's smoothed
+# validation error rate of the pair (errors: augmentation where costly errors happen).
+SEARCH_SPACES: dict[str, dict[str, Dimension | Choice]] = {
     "csada": {"lr": LEARNING_RATE, "adv_weight": Dimension("log", 0.1, 20.0),
               "temperature": Dimension("log", 0.25, 10.0), "eps": Dimension("log", 0.1, 10.0),
-              "steps": Dimension("int", 2, 15)},
+              "steps": Dimension("int", 2, 15), "pair_weights": Choice(("cost", "errors"))},
     "ap": {"lr": LEARNING_RATE, "alpha": Dimension("log", 0.1, 20.0)},
     "sosr": {"lr": LEARNING_RATE},
     "penalty": {"lr": LEARNING_RATE},
@@ -90,10 +104,15 @@ SEARCH_SPACES: dict[str, dict[str, Dimension]] = {
 }
 
 
-def starting_point(method: MethodConfig) -> dict[str, float | int]:
-    """The method's configured value of every key of its search space (options, then optim)."""
-    values = {**dataclasses.asdict(method.optim), **dict(method.options)}
+def starting_point(method: MethodConfig) -> dict[str, float | int | str]:
+    """The method's configured value of every key of its search space (options, then optim). A
+    searched choice the recipe leaves out (``pair_weights``) starts at the method's own default;
+    a searched range must be set in the recipe, which says where the search starts."""
     space = SEARCH_SPACES.get(method.name, {})
+    defaults = {f.name: f.default for f in dataclasses.fields(METHODS[method.name].cls)
+                if isinstance(space.get(f.name), Choice) and f.default is not dataclasses.MISSING
+                } if method.name in METHODS else {}
+    values = {**defaults, **dataclasses.asdict(method.optim), **dict(method.options)}
     missing = [key for key in space if key not in values]
     if missing:
         raise SearchError(f"finetune.{method.name}: the search starts from the recipe's values, and "
@@ -101,7 +120,7 @@ def starting_point(method: MethodConfig) -> dict[str, float | int]:
     return {key: values[key] for key in space}
 
 
-def search_space(method: MethodConfig) -> dict[str, Dimension]:
+def search_space(method: MethodConfig) -> dict[str, Dimension | Choice]:
     """The searched dimensions: :data:`SEARCH_SPACES` minus pinned keys, widened to the start."""
     start = starting_point(method)
     return {key: dim.widened(start[key]) for key, dim in SEARCH_SPACES.get(method.name, {}).items()
@@ -130,7 +149,7 @@ class TrialRecord:
     """One trial as the search saw it: its values and the best epoch it reached."""
 
     number: int
-    values: dict[str, float | int]
+    values: dict[str, float | int | str]
     epochs_run: int
     best_epoch: int | None  # 0-based; None when the trial failed before its first epoch
     score: float  # inf for a failed trial
@@ -294,9 +313,11 @@ def run_trial(task: SearchTask, number: int, values: dict[str, Any], halving: Su
         out_of_time=stopped is not None and stopped.out_of_time, error=error)
 
 
-def _distribution(dim: Dimension) -> Any:
-    from optuna.distributions import FloatDistribution, IntDistribution
+def _distribution(dim: Dimension | Choice) -> Any:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+    if isinstance(dim, Choice):
+        return CategoricalDistribution(dim.values)
     if dim.kind == "int":
         return IntDistribution(int(dim.low), int(dim.high))
     return FloatDistribution(dim.low, dim.high, log=True)
@@ -342,7 +363,7 @@ def _timed_search(task: SearchTask, budget_s: float) -> tuple[list[TrialRecord],
     return search_method(task, budget_s), time.monotonic() - started
 
 
-def search_key(base: TrainJob, space: Mapping[str, Dimension], search: SearchConfig, floor: float,
+def search_key(base: TrainJob, space: Mapping[str, Dimension | Choice], search: SearchConfig, floor: float,
                max_cost: float, seed: int) -> str:
     """What a method's search depends on, hashed: its base run (settings, inputs and training code,
     through the run's fingerprint), its space and start, the search settings, the floor and costs.
