@@ -18,8 +18,9 @@ a crashed worker (Ray retries the trial) or by a killed stage. Before any of tha
 * a finished run is reused only when its outcome verifies (checksum and job), and a checkpoint is
   resumed only when it loads for the same job; otherwise it is discarded, with a line saying so;
 * every pending job is checked without training (:func:`pipeline.runs.preflight.check_jobs`);
-* the stage locks the local run folders it trains (:mod:`pipeline.runs.runlocks`) and deletes what
-  interrupted writes left in them.
+* the stage holds each run folder it trains, so that no other stage trains it at once
+  (:func:`one_trainer_each`: a lock on a local folder, a lease on one in S3), and deletes what
+  interrupted writes left in the local ones.
 
 A run that fails with a user error (a :class:`~pipeline.errors.UserError`: bad data or a
 checkpoint found only in the worker, a run that diverged) is not retried, since it would fail
@@ -38,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.cluster import lifeline
+from pipeline.cluster.leases import leased_runs
 from pipeline.cluster.progress import quiet_ray_logging, say, trial_progress
 from pipeline.config import TRIAL_DRIVER_CPUS, RayConfig
 from pipeline.errors import UserError
@@ -183,7 +185,7 @@ def run_jobs(jobs: list[TrainJob], ray_config: RayConfig, root: Path, experiment
     if pending:
         to_train = [job for job, _ in pending]
         check_jobs(to_train, root)
-        with locked_runs([Path(storage) / run_name(job) for job in to_train] if local else []):
+        with one_trainer_each(storage, [run_name(job) for job in to_train], experiment):
             for job, store in pending:
                 _check_state(job, store, experiment, clean=local)
             connect(ray_config, root / "runs" / "logs" / f"{experiment}.log")
@@ -195,6 +197,18 @@ def run_jobs(jobs: list[TrainJob], ray_config: RayConfig, root: Path, experiment
     if local:
         prune_runs(Path(storage), keep={run_name(job) for job in jobs}, limit=KEEP_UNUSED_RUNS)
     return stores
+
+
+def one_trainer_each(storage: str, names: list[str], stage: str) -> contextlib.AbstractContextManager[Any]:
+    """Hold the run folders ``names`` under ``storage`` for ``stage`` while the block runs: a
+    ``flock`` on a local folder (:mod:`pipeline.runs.runlocks`), a lease on an ``s3://`` one
+    (:mod:`pipeline.cluster.leases`). Runs on any other store are not held: two drivers must not
+    be pointed at the same runs there."""
+    if "://" not in storage:
+        return locked_runs([Path(storage) / name for name in names])
+    if storage.startswith("s3://"):
+        return leased_runs([storage_location(storage, name) for name in names], stage)
+    return contextlib.nullcontext()
 
 
 def _reusable(job: TrainJob, store: RunStore, experiment: str) -> bool:

@@ -109,6 +109,15 @@ def stop_now(status: int = 1) -> None:
     os._exit(status)
 
 
+def stop_stage(problem: str) -> None:
+    """End the stage this process runs, with ``error in stage <name>: <problem>`` (the line
+    :func:`pipeline.stage.run_stage` prints) and exit status 2, from any thread; outside a stage
+    (a test that calls the pipeline's functions) do nothing, and leave it to the caller."""
+    if _stage:
+        print(f"error in stage {_stage[-1]}: {problem}", file=sys.stderr, flush=True)
+        stop_now(2)
+
+
 def answers(host: str, port: int, timeout_s: float = CLUSTER_POLL_S) -> bool:
     """Whether something accepts a TCP connection at ``host:port`` within ``timeout_s``."""
     try:
@@ -134,9 +143,8 @@ def watch_cluster(gcs_address: str, lost: str) -> threading.Thread | None:
             time.sleep(CLUSTER_POLL_S)
             if answers(host, int(port)):
                 answered = time.monotonic()
-            elif _stage and time.monotonic() - answered >= CLUSTER_LOST_AFTER_S:
-                print(f"error in stage {_stage[-1]}: {lost}", file=sys.stderr, flush=True)
-                stop_now(2)
+            elif time.monotonic() - answered >= CLUSTER_LOST_AFTER_S:
+                stop_stage(lost)
 
     thread = threading.Thread(target=loop, name="csada-cluster-watch", daemon=True)
     thread.start()

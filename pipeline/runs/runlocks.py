@@ -7,8 +7,9 @@ started while an orphaned stage still trains) waits :data:`LOCK_WAIT_S` for the 
 finish or die, then stops with a message that names the holder. The file itself records who
 holds it, for that message.
 
-Only local run folders are locked; object stores (``s3://``) have no such lock, so two drivers
-must not train the same runs there at once (README, "Runs on S3").
+Only local run folders are locked here. A run folder on S3 gets a lease instead
+(``pipeline.cluster.leases``: a conditionally written object that its holder renews), with the
+same wait and a message of the same kind.
 """
 
 from __future__ import annotations
