@@ -9,7 +9,19 @@ The run key hashes what the code *does*, not where it lives: each module's top-l
 as syntax trees, with import statements, docstrings, ``__all__`` and comments left out, pooled
 over all the modules as a sorted multiset. Moving or renaming a module, splitting one into two
 by whole functions or classes, editing a comment or a docstring: none of these changes a key,
-so none retrains a run. Any change to a statement that runs does.
+so none retrains a run. Any change to a statement that runs does, with one declared exception.
+
+The modules in :data:`NOT_IN_RUN_KEY` are walked (what they import counts as usual) but their own
+statements are left out of the key: they only store, verify or name bytes (checkpoint files and
+their checksums, this key machinery itself) and never decide what a run computes. That is sound
+because what they touch is guarded by other means: a resumed run is tested to equal an
+uninterrupted one (tests/test_train.py), a checkpoint is resumed only when its sha256 matches the
+one written with it, and a finished outcome is reused only when its sha256 matches the one its
+history recorded. So better storage, verification or key code retrains nothing. The cost: a real
+bug in one of them (say, checkpoint loading that drops a tensor) would not retrain finished runs
+by itself; fixing such a bug must come with discarding the runs it touched. Moving such a module
+(or moving code that decides weights into one) needs this set updated too; tests/test_jobs.py
+checks that every name in it is a module.
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ from pathlib import Path
 PACKAGE = "pipeline"
 PACKAGE_DIR = Path(__file__).resolve().parent
 ROOT = PACKAGE_DIR.parent
+# Modules whose own statements do not enter a run key (module doc): storage and the key itself.
+NOT_IN_RUN_KEY = frozenset({f"{PACKAGE}.runs.checkpoints", f"{PACKAGE}.codedeps"})
 
 
 def module_file(name: str, root: Path = ROOT) -> Path | None:
@@ -135,8 +149,10 @@ def source_digest(paths: Iterable[Path]) -> str:
 
 
 def code_digest(module: str, root: Path = ROOT) -> str:
-    """Digest of the code of ``module`` and of everything it imports from this package."""
-    return source_digest(reachable_files({module}, root))
+    """Digest of the code of ``module`` and of everything it imports from this package, less the
+    statements of the modules in :data:`NOT_IN_RUN_KEY` (their imports are still followed)."""
+    left_out = {module_file(name, root) for name in NOT_IN_RUN_KEY}
+    return source_digest(reachable_files({module}, root) - left_out)
 
 
 def stage_files(script: Path, root: Path = ROOT) -> list[Path]:

@@ -1,7 +1,8 @@
-"""Tiny stand-ins for the datasets' files (MNIST idx, CIFAR-10 pickles, PMI pill photos).
+"""Tiny stand-ins for the datasets' files (MNIST idx, CIFAR-10 pickles, PMI pill photos), and a
+damaged copy of a checkpoint.
 
-Shared by tests/test_datasets.py and tests/test_prepare.py; everything is generated from fixed
-seeds, so the same call writes the same bytes.
+Shared by tests/test_datasets.py and tests/test_prepare.py (the checkpoint by the tests of
+checksums); everything is generated from fixed seeds, so the same call writes the same bytes.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import io
 import pickle
 import tarfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                "truck"]
@@ -113,3 +118,14 @@ def png_bytes(colour: tuple[int, int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), colour).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def flip_bit_in_tensor(saved: bytes, tensor: Tensor, index: int = 0) -> bytes:
+    """``saved`` (a ``torch.save``d file holding ``tensor``) with the lowest bit of the tensor's
+    element ``index`` flipped, found by the tensor's bytes: still a file ``torch.load`` reads."""
+    raw = tensor.detach().contiguous().numpy().tobytes()
+    at = saved.find(raw)
+    assert at >= 0, "the tensor's bytes are not in the file"
+    damaged = bytearray(saved)
+    damaged[at + index * tensor.element_size()] ^= 0x01  # little-endian: the lowest mantissa bit
+    return bytes(damaged)

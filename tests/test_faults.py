@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,6 +47,7 @@ from pipeline.runs.preflight import check_jobs
 from pipeline.runs.train import DivergedError, check_diverged, train_func
 from pipeline.stage import run_stage
 from tests.conftest import prepare_toy
+from tests.fakes import flip_bit_in_tensor
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +154,7 @@ def test_an_unreadable_checkpoint_is_discarded_and_the_run_starts_over(project, 
     folder = storage / run_name(job)
     folder.mkdir(parents=True)
     (folder / CHECKPOINT_FILE).write_bytes(b"PK\x03\x04 truncated")
+    RunStore(str(folder)).record_state_checksum()  # damaged before its checksum was taken
     (folder / f"{CHECKPOINT_FILE}.0123abcd.partial").write_bytes(b"half a write")
     (store,) = run([job])
     said = " ".join(capsys.readouterr().out.split())  # console lines wrap at the terminal width
@@ -165,10 +168,32 @@ def test_a_checkpoint_saved_for_another_job_is_not_resumed(project, tmp_path):
     root, _ = project
     job = toy_job(project)
     store = RunStore(str(tmp_path / "run"))
-    save_checkpoint({"model": {}, "job": dataclasses.replace(job, seed=99).to_dict()}, tmp_path / "run" / CHECKPOINT_FILE)
+    store.save_state({"model": {}, "job": dataclasses.replace(job, seed=99).to_dict()})
     assert store.state_problem(job.to_dict()).endswith("was saved for another job")
     store.discard()
-    assert store.state_problem(job.to_dict()) is None and not (tmp_path / "run" / CHECKPOINT_FILE).exists()
+    assert store.state_problem(job.to_dict()) is None and not list((tmp_path / "run").iterdir())
+
+
+def test_a_bit_flipped_inside_a_checkpoints_tensor_is_discarded_with_one_line_not_resumed(project, runs, capsys):
+    run, trained, storage = runs
+    job = toy_job(project, name="toy-flipped")
+    folder = storage / run_name(job)
+    run([job])
+    shutil.rmtree(folder / OUTCOME_DIR)  # unfinished again: its checkpoint is all that is left
+    run([job])
+    said = " ".join(capsys.readouterr().out.split())
+    assert "resuming after epoch 1" in said and "discarded" not in said  # intact: resumed
+    shutil.rmtree(folder / OUTCOME_DIR)
+    weights = RunStore(str(folder)).load_state()["model"]
+    largest = max(weights.values(), key=lambda tensor: tensor.numel())
+    checkpoint = folder / CHECKPOINT_FILE
+    checkpoint.write_bytes(flip_bit_in_tensor(checkpoint.read_bytes(), largest))
+    run([job])
+    said = "".join(capsys.readouterr().out.split())  # the console wraps a long path anywhere
+    line = (f"test: run {run_name(job)}: {checkpoint.resolve()} differs from the checksum written with it "
+            "(a damaged copy): discarded, training it from the start")
+    assert "".join(line.split()) in said
+    assert "resuming" not in said and trained == [job.name] * 3
 
 
 # -- checked before Ray starts -----------------------------------------------------------------------

@@ -8,7 +8,7 @@ import re
 import shutil
 
 from pipeline.cluster.search import __name__ as SEARCH_MODULE
-from pipeline.codedeps import ROOT, code_digest, module_file, reachable_files
+from pipeline.codedeps import NOT_IN_RUN_KEY, ROOT, code_digest, module_file, reachable_files
 from pipeline.runs.jobs import TRAINING_MODULE, TrainJob, digest_files, fingerprint, run_name
 
 JOB = TrainJob(name="digits-csada-r0", dataset="digits", raw_dir="data/raw/digits", manifest="data/split/digits.parquet",
@@ -109,3 +109,34 @@ def test_an_edit_to_code_that_runs_changes_the_key_and_a_comment_does_not(tmp_pa
     assert code_digest(TRAINING_MODULE, root) != before
     optim.write_text(text + "\nEXTRA = 1\n")
     assert code_digest(TRAINING_MODULE, root) != before
+
+
+
+def test_storage_code_is_left_out_of_the_key_and_training_code_is_not(tmp_path):
+    root = _copy_package(tmp_path)
+    digest = code_digest(TRAINING_MODULE, root)
+    # Every name in the set is a module the training code runs (a move must update the set).
+    assert all(module_file(name, root) in reachable_files({TRAINING_MODULE}, root) for name in NOT_IN_RUN_KEY)
+    checkpoints, codedeps = module_file("pipeline.runs.checkpoints", root), module_file("pipeline.codedeps", root)
+    for path, old, new in [(checkpoints, "(a damaged copy)", "(damaged)"),
+                           (codedeps, "hexdigest()[:16]", "hexdigest()[:12]")]:
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new) + "\n\ndef added_helper() -> int:\n    return 1\n")
+    assert code_digest(TRAINING_MODULE, root) == digest
+    # What they import is still walked: a module only checkpoints.py imports counts. (A second copy:
+    # the parse cache is keyed by modification time, so each file here is written once.)
+    other = _copy_package(tmp_path / "other")
+    checkpoints = module_file("pipeline.runs.checkpoints", other)
+    (checkpoints.parent / "only_storage_imports.py").write_text("LIMIT = 3\n")
+    checkpoints.write_text("from pipeline.runs.only_storage_imports import LIMIT\n" + checkpoints.read_text())
+    assert code_digest(TRAINING_MODULE, other) != code_digest(TRAINING_MODULE, ROOT)
+    # Each edit to a statement of the training code changes the key (cumulative, for the same reason).
+    for name, old, new in [("pipeline.runs.train", "DIVERGED_VAL_LOSS = 100.0", "DIVERGED_VAL_LOSS = 50.0"),
+                           ("pipeline.method.csada", 'BN_MODES = ("train", "frozen")', 'BN_MODES = ("train",)')]:
+        digest = code_digest(TRAINING_MODULE, root)
+        path = module_file(name, root)
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new))
+        assert code_digest(TRAINING_MODULE, root) != digest, name

@@ -323,6 +323,43 @@ def test_training_runs_keep_their_state_in_s3_and_a_finished_one_is_reused(s3, r
     assert load_checkpoint(tmp_path / "out" / "model.pt")["job"] == job.to_dict()
 
 
+def test_a_checkpoint_in_s3_resumes_only_when_its_checksum_verifies(s3, monkeypatch, capsys):
+    import torch
+
+    from pipeline.cluster.distributed import _check_state
+    from pipeline.runs.checkpoints import CHECKPOINT_FILE, CHECKSUM_FILE, RunStore
+    from pipeline.runs.jobs import TrainJob, run_name
+    from tests.fakes import flip_bit_in_tensor
+
+    _use_keys(monkeypatch, s3.key_id, s3.secret)
+    job = TrainJob(name="toy-sums", dataset="toy", raw_dir="raw", manifest="m.parquet", cost_csv=None, model="mlp",
+                   model_options={}, pretrained=False, method="erm", method_options={}, optim={}, seed=0,
+                   select_metric="val_loss")
+    prefix = f"sums/{run_name(job)}/"
+    location = ray_storage_uri(f"s3://{BUCKET}/sums/{run_name(job)}", s3.endpoint)
+    weight = torch.tensor([0.25, -1.5, 12345.678, 3.0])
+    client = s3.client()
+
+    def files() -> list[str]:  # pyarrow marks the folder with an empty "<prefix>/" object
+        return [key for key in s3.keys(prefix) if not key.endswith("/")]
+
+    def stage_check() -> str:
+        _check_state(job, RunStore(location), "s3", clean=False)
+        return "".join(capsys.readouterr().out.split())  # the console wraps a long line anywhere
+
+    RunStore(location).save_state({"model": {"w": weight}, "epoch": 0, "job": job.to_dict()})
+    assert files() == [f"{prefix}{CHECKPOINT_FILE}", f"{prefix}{CHECKSUM_FILE}"]
+    assert stage_check() == "" and torch.equal(RunStore(location).load_state()["model"]["w"], weight)  # intact: resumed
+    saved = client.get_object(Bucket=BUCKET, Key=f"{prefix}{CHECKPOINT_FILE}")["Body"].read()
+    client.put_object(Bucket=BUCKET, Key=f"{prefix}{CHECKPOINT_FILE}", Body=flip_bit_in_tensor(saved, weight, 2))
+    line = (f"s3: run {run_name(job)}: {BUCKET}/{prefix}{CHECKPOINT_FILE} differs from the checksum written with it "
+            "(a damaged copy): discarded, training it from the start")
+    assert stage_check() == "".join(line.split()) and files() == []
+    RunStore(location).save_state({"model": {"w": weight}, "epoch": 0, "job": job.to_dict()})
+    client.delete_object(Bucket=BUCKET, Key=f"{prefix}{CHECKSUM_FILE}")
+    assert "".join(f"{CHECKPOINT_FILE} has no checksum beside it".split()) in stage_check() and files() == []
+
+
 def test_cli_prints_the_storage_uri_and_fails_clearly(tmp_path, capsys):
     from pipeline.cluster.remote import main
 

@@ -6,14 +6,17 @@ training run's folder under ``ray.storage_path``, a local folder or an ``s3://``
 file systems, as Ray uses)::
 
     <storage>/<run name>/checkpoint.pt           the latest state: a restarted run resumes here
+    <storage>/<run name>/checkpoint.sha256.json  its sha256, written with it, checked before a resume
     <storage>/<run name>/outcome/model.pt        once finished: the selected epoch's weights
     <storage>/<run name>/outcome/history.json    once finished: every epoch's metrics
 
 The outcome is written last, history after model, so a run whose ``history.json`` exists has
 finished. ``history.json`` records the sha256 of ``model.pt`` and the job: a finished run is reused
-only when both verify (:meth:`RunStore.outcome_problem`), and a checkpoint is resumed only when it
-loads and was saved for the same job (:meth:`RunStore.state_problem`); anything else is discarded
-and trained again.
+only when both verify (:meth:`RunStore.outcome_problem`), and a checkpoint is resumed only when its
+sha256 is the one written with it, it loads, and it was saved for the same job
+(:meth:`RunStore.state_problem`); anything else is discarded and trained again. The checksum is
+what catches a damaged copy: ``torch.load`` checks no CRC, so a bit flipped inside a tensor loads
+without a word.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from pipeline.errors import UserError
 from pipeline.fileio import atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.pt"
+CHECKSUM_FILE = "checkpoint.sha256.json"  # {"checkpoint_sha256": ..., "replaced_sha256": ... or null}
 OUTCOME_DIR = "outcome"
 MODEL_FILE = "model.pt"
 HISTORY_FILE = "history.json"
@@ -97,6 +101,7 @@ class RunStore:
         from pyarrow import fs
 
         self.location = location
+        self._in_place: str | None = None  # sha256 of the checkpoint this store last loaded or saved
         if "://" in location:
             self._fs, self._root = fs.FileSystem.from_uri(location)
         else:
@@ -131,13 +136,60 @@ class RunStore:
         self._write(json.dumps(data, indent=1, sort_keys=True).encode(), name)
 
     def load_state(self) -> dict[str, Any] | None:
-        """The latest checkpoint, or None when the run has not saved one yet."""
+        """The latest checkpoint, or None when the run has not saved one yet; a checkpoint whose
+        sha256 is not one its checksum file accepts (:meth:`save_state`), or that has none, is
+        refused with a :class:`CheckpointError`, never loaded."""
         if not self._exists(CHECKPOINT_FILE):
             return None
-        return state_from_bytes(self._read(CHECKPOINT_FILE), self._path(CHECKPOINT_FILE))
+        where = self._path(CHECKPOINT_FILE)
+        # The checkpoint is read before its checksum: a save in between leaves a checksum that still
+        # accepts the checkpoint read (save_state), so a reader never mistakes a save for damage.
+        data = self._read(CHECKPOINT_FILE)
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in self._accepted_digests(where):
+            raise CheckpointError(f"{where} differs from the checksum written with it (a damaged copy)")
+        state = state_from_bytes(data, where)
+        self._in_place = digest
+        return state
+
+    def _accepted_digests(self, where: str) -> set[str]:
+        """The sha256 values the checksum file accepts for ``checkpoint.pt``."""
+        if not self._exists(CHECKSUM_FILE):
+            raise CheckpointError(f"{where} has no checksum beside it ({CHECKSUM_FILE}: saved by an older "
+                                  "version of the pipeline, or the checksum was lost)")
+        data = self._read(CHECKSUM_FILE)  # a failed read is raised as it is: no reason to discard
+        try:
+            sums = json.loads(data)
+            return {sums["checkpoint_sha256"], sums.get("replaced_sha256")} - {None}
+        except (ValueError, LookupError, TypeError, AttributeError) as error:
+            raise CheckpointError(f"the checksum beside {where} ({CHECKSUM_FILE}) cannot be read "
+                                  f"({type(error).__name__})") from None
 
     def save_state(self, state: dict[str, Any]) -> None:
-        self._write(checkpoint_bytes(state), CHECKPOINT_FILE)
+        """Write the checkpoint and its checksum, each whole (:meth:`_write`).
+
+        The checksum goes first, and it also accepts the checkpoint it replaces (the one this store
+        loaded or saved last), so a crash between the two writes leaves the previous checkpoint
+        beside a checksum that still accepts it: the run resumes from there. Written the other way
+        round, that crash would leave the new checkpoint beside the old checksum, discarded as a
+        damaged copy, and the run would start again from epoch 0. Accepting the replaced one
+        weakens nothing: its bytes are a checkpoint this run saved whole."""
+        data = checkpoint_bytes(state)
+        digest = hashlib.sha256(data).hexdigest()
+        self.write_json(CHECKSUM_FILE, {"checkpoint_sha256": digest, "replaced_sha256": self._in_place})
+        self._write(data, CHECKPOINT_FILE)
+        self._in_place = digest
+
+    def record_state_checksum(self) -> bool:
+        """Write the checksum of the ``checkpoint.pt`` there now, unverified; False when there is
+        none. Only for a folder no trainer writes to, whose checkpoint predates checksums (a
+        migration of a run store)."""
+        if not self._exists(CHECKPOINT_FILE):
+            return False
+        digest = hashlib.sha256(self._read(CHECKPOINT_FILE)).hexdigest()
+        self.write_json(CHECKSUM_FILE, {"checkpoint_sha256": digest, "replaced_sha256": None})
+        self._in_place = digest
+        return True
 
     def finished(self) -> bool:
         return self._exists(OUTCOME_DIR, HISTORY_FILE) and self._exists(OUTCOME_DIR, MODEL_FILE)
@@ -170,7 +222,9 @@ class RunStore:
         return None
 
     def state_problem(self, job: dict[str, Any]) -> str | None:
-        """Why the latest checkpoint cannot be resumed for ``job``, or None (also when there is none)."""
+        """Why the latest checkpoint cannot be resumed for ``job`` (damaged: its sha256 differs from
+        the checksum written with it; no checksum; unreadable; another job's), or None (also when
+        there is none)."""
         try:
             state = self.load_state()
         except CheckpointError as error:
@@ -180,10 +234,12 @@ class RunStore:
         return None
 
     def discard(self) -> None:
-        """Delete the run's checkpoint and outcome (the run then starts from scratch)."""
+        """Delete the run's checkpoint, its checksum and the outcome (the run then starts from
+        scratch). The checkpoint goes first: a checksum left alone is never read."""
         from pyarrow import fs
 
-        for parts in ((CHECKPOINT_FILE,), (OUTCOME_DIR,)):
+        self._in_place = None
+        for parts in ((CHECKPOINT_FILE,), (CHECKSUM_FILE,), (OUTCOME_DIR,)):
             info = self._fs.get_file_info(self._path(*parts))
             if info.type == fs.FileType.File:
                 self._fs.delete_file(info.path)
