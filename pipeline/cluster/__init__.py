@@ -3,8 +3,9 @@
 Owns running a list of runs as one Ray Tune sweep of Ray Train runs (``distributed``), the
 validation search (``search``: Optuna's TPE, a method's trials one at a time, the methods side
 by side as Ray tasks) and its early stopping (``halving``: successive halving decided in trial
-order), the console's progress lines (``progress``), S3 run storage and DVC remotes
-(``remote``), and stopping a stage's processes when its ``dvc`` dies (``lifeline``).
+order), the console's progress lines (``progress``) and the line a node that left the cluster
+gets (``nodes``), S3 run storage and DVC remotes (``remote``), and stopping a stage's processes
+when its ``dvc`` dies (``lifeline``).
 
 Ray is imported here, and inside functions where a stage may never need it. Never imported by
 the method, the models or the data layer.
