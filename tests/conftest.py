@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -130,6 +132,26 @@ def tiny_repository(destination: Path, ray_address: str, finetune_epochs: int = 
         "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
         "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
     }
+
+
+def prepare_finetune(work: Path, scratch: Path) -> None:
+    """The stages before finetune of the repository copy ``work`` (:func:`tiny_repository`), run in
+    this process: fetch, split and costs, the baseline trained without Ray (its run folder in
+    ``scratch``) and the search skipped (the recipe's settings), so that a test runs, kills or
+    disturbs the finetune stage alone."""
+    from pipeline.config import SearchConfig, load_config
+    from pipeline.runs.checkpoints import RunStore
+    from pipeline.runs.train import train_func
+    from stages import baseline, costs, fetch, search, split
+
+    with contextlib.chdir(work):  # the stages' paths are relative to the project
+        config = load_config(work / "params.yaml")
+        for stage in (fetch, split, costs):
+            stage.main(config)
+        job = baseline.baseline_job(config)
+        train_func({"job": job.to_dict(), "store": str(scratch), "root": str(work), "device": "cpu"})
+        RunStore(str(scratch)).copy_outcome(work / config.paths.baseline)
+        search.main(dataclasses.replace(config, search=SearchConfig(max_trials=0)))
 
 
 def run(command: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:

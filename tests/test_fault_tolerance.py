@@ -28,7 +28,7 @@ from pipeline.cluster.distributed import (
     run_location,
     storage_root,
 )
-from pipeline.config import RayConfig, SearchConfig, load_config
+from pipeline.config import RayConfig
 from pipeline.runs.checkpoints import (
     CHECKPOINT_FILE,
     HISTORY_FILE,
@@ -39,14 +39,13 @@ from pipeline.runs.checkpoints import (
 )
 from pipeline.runs.jobs import TrainJob, run_name
 from pipeline.runs.optim import OptimConfig
-from pipeline.runs.train import train_func
-from stages import baseline, costs, fetch, search, split
 from tests.conftest import (
     REPO,
     TINY_METHODS,
     VENV_BIN,
     _free_port,
     _stop_processes_mentioning,
+    prepare_finetune,
     prepare_toy,
     run,
     tiny_repository,
@@ -158,19 +157,11 @@ def test_a_run_that_diverges_is_not_retried_and_fails_with_one_line(tmp_path, ra
         assert not RunStore(run_location(storage_root(ray_config, tmp_path), diverging)).finished()
 
 
-def test_a_stage_killed_outright_resumes_unfinished_runs_and_skips_finished_ones(tmp_path, ray_cluster, monkeypatch):
+def test_a_stage_killed_outright_resumes_unfinished_runs_and_skips_finished_ones(tmp_path, ray_cluster):
     work = tmp_path / "repo"
     env = tiny_repository(work, ray_cluster, finetune_epochs=12)
     python = str(VENV_BIN / "python")
-    # The stages before finetune, in this process (the baseline without Ray): only finetune is killed.
-    monkeypatch.chdir(work)
-    config = load_config(work / "params.yaml")
-    for stage in (fetch, split, costs):
-        stage.main(config)
-    job = baseline.baseline_job(config)
-    train_func({"job": job.to_dict(), "store": str(tmp_path / "base"), "root": str(work), "device": "cpu"})
-    RunStore(str(tmp_path / "base")).copy_outcome(work / config.paths.baseline)
-    search.main(dataclasses.replace(config, search=SearchConfig(max_trials=0)))  # the recipe's settings
+    prepare_finetune(work, tmp_path / "base")  # only finetune is killed
 
     storage = work / "runs" / "ray"
     log = open(tmp_path / "first.log", "w")

@@ -13,7 +13,8 @@
 Each job's run keeps its state under ``ray.storage_path/<job name>-<fingerprint>``
 (:class:`~pipeline.runs.checkpoints.RunStore`): a job that finished before is not trained again (its
 outcome is copied), an unfinished one resumes from its last checkpoint, whether it was stopped by
-a crashed worker (Ray retries the trial) or by a killed stage. Before any of that:
+a crashed worker or a lost node (Ray Tune retries the trial, Ray Train restarts a DDP run's
+workers: :mod:`pipeline.cluster.nodes`) or by a killed stage. Before any of that:
 
 * a finished run is reused only when its outcome verifies (checksum and job), and a checkpoint is
   resumed only when it loads for the same job; otherwise it is discarded, with a line saying so;

@@ -4,6 +4,8 @@ that matter. Everything else Ray says goes to a log file.
 :func:`trial_progress` makes a Ray Tune callback (it runs in the stage's process): the bar counts
 epochs over all runs of the stage, with the runs done of the total and an ETA; a finished run
 prints its selection metric and best epoch; a failed run, and Ray's retry of it, print a line each.
+A node that leaves the cluster meanwhile prints one line for itself and the runs it took along
+(:mod:`pipeline.cluster.nodes`); their retries print none of their own.
 :func:`quiet_ray_logging` sends the driver's Ray loggers to ``log_file`` instead of the console.
 """
 
@@ -15,12 +17,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.cluster import lifeline
+from pipeline.cluster.nodes import NodeWatch
 from pipeline.console import console_width, wrap
 from pipeline.runs.jobs import TrainJob
 
 RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data")
 # The project's own detail that a person reads only when looking closer (the search's trials).
 PROGRESS_LOG = "pipeline.progress"
+_LOG = logging.getLogger(PROGRESS_LOG)
+# How often the sweep asks the cluster's head which nodes are alive. The head declares a node dead
+# only after it missed several health checks (15 s or more by default); a run that restarted asks
+# at once, and knocks at each node's raylet besides (PROBE_TIMEOUT_S each), so that the node it
+# lost is named before the run's next epoch is counted.
+NODE_POLL_S = 1.0
+PROBE_TIMEOUT_S = 2.0
 
 
 def quiet_ray_logging(log_file: Path) -> None:
@@ -37,6 +48,29 @@ def quiet_ray_logging(log_file: Path) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    _cluster_messages_to_log()
+
+
+def _cluster_messages_to_log() -> None:
+    """Ray's driver prints the cluster's error messages (a node marked dead, a worker killed for
+    lack of memory) straight to stdout, past the logging module, whatever ``log_to_driver`` says:
+    they go to the log file with Ray's other messages (a lost node gets its own line:
+    :mod:`pipeline.cluster.nodes`)."""
+    import ray._private.worker as ray_worker
+
+    printed = ray_worker.print_to_stdstream
+    if getattr(printed, "to_log", False):
+        return
+
+    def to_log(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":  # the error listener's mark; workers' output is not ours to move
+            printed(data, ignore_prefix)
+            return
+        for line in data.get("lines", []):
+            logging.getLogger("ray").warning("(raylet) %s", line)
+
+    to_log.to_log = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = to_log
 
 
 def say(line: str) -> None:
@@ -72,16 +106,39 @@ class _TrialProgress:
                         mininterval=1.0, ncols=console_width(), disable=not sys.stdout.isatty(),
                         bar_format="{desc} {bar} {n_fmt}/{total_fmt} epochs [{elapsed}<{remaining}]")
         self.stage, self.clock = stage, time.monotonic()
+        self.nodes, self.nodes_polled = NodeWatch(), -NODE_POLL_S
+
+    def _poll_nodes(self, probe: bool = False) -> None:
+        """Tell the node watch which nodes are alive: by the head's word, and with ``probe`` (now,
+        however recent the last poll) only those whose raylet accepts a connection."""
+        if not probe and time.monotonic() - self.nodes_polled < NODE_POLL_S:
+            return
+        import ray
+
+        self.nodes_polled = time.monotonic()
+        try:
+            nodes = [node for node in ray.nodes() if node["Alive"]]
+        except Exception:  # noqa: BLE001 - a head that stopped answering ends the stage (pipeline.cluster.lifeline)
+            return
+        self.nodes.nodes({node["NodeID"]: node["NodeManagerAddress"] for node in nodes if not probe or
+                          lifeline.answers(node["NodeManagerAddress"], node["NodeManagerPort"], PROBE_TIMEOUT_S)})
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self._poll_nodes()
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started.setdefault(trial.trial_id, time.monotonic())
+        self.nodes.started(trial.config["job"]["name"])
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         job = self.jobs.get(trial.config["job"]["name"])
         if job is None or _shown_metric(job) not in result:
             return
         self.bar.update(1)
-        value, epoch = result[_shown_metric(job)], int(result["epoch"])
+        value, epoch, resumes = result[_shown_metric(job)], int(result["epoch"]), int(result.get("resumes", 0))
+        if self.nodes.resumed_since(job.name, resumes):  # restarted (by Tune or by Ray Train): a node lost?
+            self._poll_nodes(probe=True)
+        _say_all(self.nodes.epoch(job.name, epoch, resumes))
         # A run that keeps its last epoch (the paper's protocol) shows its latest one.
         if job.name not in self.best or value < self.best[job.name][0] or job.select_metric == "last":
             self.best[job.name] = (value, epoch)
@@ -89,6 +146,7 @@ class _TrialProgress:
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         name = trial.config["job"]["name"]
         job = self.jobs[name]
+        _say_all(self.nodes.ended(name))
         if "user_error" in (trial.last_result or {}):  # pipeline.cluster.distributed.USER_ERROR
             say(f"  {name}: failed, not retried (the stage ends with its error)")
             return
@@ -110,14 +168,24 @@ class _TrialProgress:
         say(f"  {done}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        _say_all(self.nodes.ended(trial.config["job"]["name"]))
         say(f"  {trial.config['job']['name']}: FAILED ({_first_line(trial)})")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        say(f"  {trial.config['job']['name']}: a worker failed ({_first_line(trial)}); "
-            f"Ray retries it from its last checkpoint")
+        name = trial.config["job"]["name"]
+        _LOG.info("%s: its trial failed; Ray Tune retries it from its last checkpoint", name)
+        self._poll_nodes(probe=True)  # its node, if lost, is named before the run resumes
+        if not self.nodes.retried(name):  # else the lost node's line tells it
+            say(f"  {name}: a worker failed ({_first_line(trial)}); Ray retries it from its last checkpoint")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        _say_all(self.nodes.flush())
         self.bar.close()
+
+
+def _say_all(lines: list[str]) -> None:
+    for line in lines:
+        say(f"  {line}")
 
 
 def _shown_metric(job: Any) -> str:
