@@ -82,7 +82,7 @@ def method_entry(method: MethodConfig, records: list[TrialRecord], max_trials: i
     return {"settings": chosen_settings(method, best), "searched": True, "trials": len(records), **timing,
             "stopped_early": sum(r.stopped_early for r in records), "failed": sum(r.error is not None for r in records),
             "start": starting_point(method),
-            "space": {k: [d.kind, d.low, d.high] for k, d in search_space(method).items()},
+            "space": {k: d.described() for k, d in search_space(method).items()},
             "best": {"trial": best.number, "epoch": best.best_epoch + 1, "val_wer": best.val_wer,
                      "val_accuracy": best.val_accuracy, "feasible": best.feasible, "values": best.values}}
 

@@ -53,6 +53,8 @@ def test_the_space_starts_at_the_recipe_widens_to_it_and_leaves_pinned_keys_alon
     assert space["eps"] == Dimension("log", 0.1, 50.0)  # the recipe's 50 lies beyond the default 10
     assert space["pair_weights"] == Choice(("cost", "errors"))
     assert Choice(("cost",)).widened("errors") == Choice(("cost", "errors"))
+    assert space["pair_weights"].described() == ["choice", "cost", "errors"]  # as chosen.json records it
+    assert space["steps"].described() == ["int", 2, 15]
     assert space["lr"] == SEARCH_SPACES["csada"]["lr"]
     pinned = dataclasses.replace(CSADA, pinned=frozenset({"adv_weight", "lr"}))
     assert set(search_space(pinned)) == {"temperature", "eps", "steps", "pair_weights"}

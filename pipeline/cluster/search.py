@@ -74,6 +74,10 @@ class Dimension:
         """The range stretched to hold ``start`` (the recipe's value is always a valid trial)."""
         return Dimension(self.kind, min(self.low, start), max(self.high, start))
 
+    def described(self) -> list[Any]:
+        """As chosen.json records it: ``[kind, low, high]``."""
+        return [self.kind, self.low, self.high]
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -84,6 +88,10 @@ class Choice:
     def widened(self, start: str) -> Choice:
         """The values with ``start`` among them (the recipe's value is always a valid trial)."""
         return self if start in self.values else Choice((*self.values, start))
+
+    def described(self) -> list[Any]:
+        """As chosen.json records it: ``["choice", value, ...]``."""
+        return ["choice", *self.values]
 
 
 LEARNING_RATE = Dimension("log", 1e-5, 3e-3)
