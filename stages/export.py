@@ -80,9 +80,9 @@ def main(config: Config) -> str:
     abstention_figure(abstained, per_case, record, results / ABSTENTION_FIGURE)
     held, threshold = record["held_out"], record["threshold"]
     abstains = "never abstains" if threshold is None else f"abstains at expected cost >= {threshold:.4g}"
-    return (f"{exported['run']} ({spec.decision_rule}) -> {config.paths.recommended}; {abstains}: "
-            f"{100 * held['abstention_rate']:.1f}% of held-out test cases, "
-            f"{held['cost_per_case']:.4g} per case (max_cost {config.predict.max_cost:g})")
+    return (f"{exported['run']} ({spec.decision_rule}) -> {config.paths.recommended}; {abstains} "
+            f"({100 * held['abstention_rate']:.1f}% of held-out cases; cost {held['cost_per_case']:.4g} "
+            f"per case, max {config.predict.max_cost:g})")
 
 
 if __name__ == "__main__":

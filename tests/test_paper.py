@@ -299,7 +299,7 @@ def test_the_paper_params_are_valid_and_bad_values_are_named():
     assert (table["ap"].optim.epochs, table["ap"].optim.lr_gamma, table["ap"].options["alpha"]) == (60, 0.33, 5.0)
     # The product protocol is the recipe's.
     assert config.paper.pair_methods["product"][1].optim.optimizer == "adam"
-    assert config.paper.pair_methods["product"][1].options["step_rule"] == "steepest"
+    assert config.paper.pair_methods["product"][1].options["step_rule"] == "gradient"  # the recipe, after the ablation
     bad = tiny_paper_params()
     bad["paper"]["lambdas"]["values"] = [0, -1]
     with pytest.raises(ConfigError, match=r"paper.lambdas.values = -1 is invalid"):

@@ -385,7 +385,8 @@ def on_gpu_worker(address: str | None, gpu: str | bool, log_file: Path, fn: Any,
     ray_config = RayConfig(address=address, use_gpu=gpu)
     connect(ray_config, log_file)
     if not use_gpu(ray_config):
-        say(f"ray.use_gpu is {gpu} and the cluster has no GPU: evaluating on this machine's {local}")
+        if gpu is True:  # with auto, evaluating here is what was asked for: no line (the training stages say it)
+            say(f"ray.use_gpu is true and the cluster has no GPU: evaluating on this machine's {local}")
         return fn(*args, device=local)
     import ray
 
