@@ -33,7 +33,7 @@ WORKER_RESOURCE = "worker_node"
 # defaults, 5 x 3 s, would add a quarter of a minute to each node-loss test).
 HEALTH_CHECK_PERIOD_MS = 500
 HEALTH_CHECK_FAILURES = 3
-WORKER_GROUP_START_TIMEOUT_S = 5
+WORKER_GROUP_START_TIMEOUT_S = 3
 
 
 @dataclass
