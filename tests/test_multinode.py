@@ -10,14 +10,15 @@ node); the stages join it through RAY_ADDRESS and keep their runs in a folder ev
   the histories but for their ``resumes`` column, which records the restart), and the console
   tells it in one line.
 * A two-worker DDP run (gloo) across two nodes loses one of them: Ray Train restarts its worker
-  group from the run's checkpoint, on the head and a node that joins, and the outcome is again
-  that of an undisturbed run.
+  group from the run's checkpoint, on the head and a node that joins, and the run ends with the
+  weights and metrics of its undisturbed twin.
 
 Run them alone with ``pytest -m cluster``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.runs.checkpoints import load_checkpoint
 from pipeline.runs.jobs import TrainJob, run_name
 from tests.conftest import (
     REPO,
@@ -163,7 +165,8 @@ def test_a_node_lost_mid_sweep_costs_its_run_at_most_an_epoch_and_changes_no_out
     assert not [line for line in console if "failed" in line or "marked dead" in line], out + err
 
 
-# A stage that trains one toy job with two DDP workers of 0.6 CPU each: no node of one CPU holds both.
+# A stage that trains toy jobs with two DDP workers of 0.6 CPU each (no node of one CPU holds both),
+# one job at a time.
 _DDP_STAGE = """
 import json, sys
 from pathlib import Path
@@ -172,13 +175,13 @@ from pipeline.config import RayConfig
 from pipeline.runs.jobs import TrainJob
 from pipeline.stage import run_stage
 
-job_file = Path(sys.argv[1])
+jobs_file = Path(sys.argv[1])
 
 
 def main(config):
-    job = TrainJob.from_dict(json.loads(job_file.read_text()))
-    run_jobs([job], RayConfig(use_gpu=False, storage_path="runs", num_workers=2, cpus_per_worker=0.6),
-             job_file.parent, experiment="finetune")
+    jobs = [TrainJob.from_dict(job) for job in json.loads(jobs_file.read_text())]
+    run_jobs(jobs, RayConfig(use_gpu=False, storage_path="runs", num_workers=2, cpus_per_worker=0.6,
+                             max_concurrent_trials=1), jobs_file.parent, experiment="finetune")
     return "trained"
 
 
@@ -186,10 +189,10 @@ run_stage("finetune", main, params=sys.argv[2])
 """
 
 
-def _start_ddp_stage(project: Path, job: TrainJob, env: dict[str, str]) -> subprocess.Popen:
-    (project / "job.json").write_text(json.dumps(job.to_dict()))
+def _start_ddp_stage(project: Path, jobs: list[TrainJob], env: dict[str, str]) -> subprocess.Popen:
+    (project / "jobs.json").write_text(json.dumps([job.to_dict() for job in jobs]))
     (project / "stage.py").write_text(_DDP_STAGE)
-    return subprocess.Popen([PYTHON, str(project / "stage.py"), str(project / "job.json"), str(REPO / "params.yaml")],
+    return subprocess.Popen([PYTHON, str(project / "stage.py"), str(project / "jobs.json"), str(REPO / "params.yaml")],
                             cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -203,19 +206,27 @@ def _runs_ray_train_controller(node: RayNode) -> bool:
     return False
 
 
+def _trained(outcome: Path) -> tuple[dict[str, list], list[dict], int]:
+    """What a run trained, apart from its name: the selected weights, each epoch's metrics but the
+    ``resumes`` column, and the selected epoch."""
+    state = load_checkpoint(outcome / "model.pt")
+    summary = json.loads((outcome / "history.json").read_text())
+    return ({key: value.tolist() for key, value in state["model"].items()},
+            [{k: v for k, v in row.items() if k != "resumes"} for row in summary["history"]], summary["best_epoch"])
+
+
 def test_a_ddp_run_that_loses_a_workers_node_is_restarted_by_ray_train_from_its_checkpoint(nodes, tmp_path):
-    env = {**os.environ, **nodes.driver_env, **WIDE, "PYTHONPATH": str(REPO),
-           "CSADA_CHECKPOINT_INTERVAL_S": "0"}
+    env = {**os.environ, **nodes.driver_env, **WIDE, "PYTHONPATH": str(REPO), "CSADA_CHECKPOINT_INTERVAL_S": "0"}
     # The head alone, so that the run's Tune trial and the Ray Train controller it starts live there.
     alive = [node for node in nodes.nodes[1:] if node.pids()]
     for node in alive:
         nodes.kill(node)
     if alive:  # until the head has declared them dead, it may place work on them
         time.sleep(HEALTH_CHECK_PERIOD_MS * (HEALTH_CHECK_FAILURES + 2) / 1000)
-    (tmp_path / "lost").mkdir()
-    job = _toy_job(tmp_path / "lost", DDP_EPOCHS)
-    stage = _start_ddp_stage(tmp_path / "lost", job, env)
-    run_dir = tmp_path / "lost" / "runs" / run_name(job)
+    job = _toy_job(tmp_path, DDP_EPOCHS)
+    twin = dataclasses.replace(job, name="toy-twin")  # trained after it, undisturbed: the reference
+    stage = _start_ddp_stage(tmp_path, [job, twin], env)
+    run_dir = tmp_path / "runs" / run_name(job)
     try:
         _wait_for(lambda: _runs_ray_train_controller(nodes.head) or stage.poll() is not None, 180,
                   "Ray Train's controller on the head")
@@ -234,15 +245,12 @@ def test_a_ddp_run_that_loses_a_workers_node_is_restarted_by_ray_train_from_its_
     assert _resumes(run_dir / "outcome" / "history.json") == [0] * (saved + 1) + [1] * (DDP_EPOCHS - saved - 1)
     trained = [line for node in nodes.nodes for line in worker_log_lines(node, f"[{job.name}{EPOCH_LINE}")]
     assert DDP_EPOCHS <= len(trained) <= DDP_EPOCHS + 1
-    assert [line for line in (out + err).splitlines() if "node" in line.split()] == [
+    console = (out + err).splitlines()
+    assert [line for line in console if "node" in line.split()] == [
         (f"  node {first.node_id[:8]} ({nodes.address.rsplit(':', 1)[0]}) left the cluster: 1 run resumed on the "
          f"other nodes from its checkpoint ({job.name} after epoch {saved + 1})")], out + err
-    assert not [line for line in (out + err).splitlines() if "failed" in line or "marked dead" in line], out + err
+    assert not [line for line in console if "failed" in line or "marked dead" in line], out + err
     # Ray Train restarted the workers; the Tune trial that drives them went on (no retry of it).
-    assert "Ray Tune retries" not in (tmp_path / "lost" / "runs" / "logs" / "finetune.log").read_text()
-
-    (tmp_path / "undisturbed").mkdir()
-    reference = _start_ddp_stage(tmp_path / "undisturbed", _toy_job(tmp_path / "undisturbed", DDP_EPOCHS), env)
-    out, err = reference.communicate(timeout=300)
-    assert reference.returncode == 0, (out, err)
-    assert _outputs(run_dir / "outcome") == _outputs(tmp_path / "undisturbed" / "runs" / run_name(job) / "outcome")
+    assert f"{job.name}: its trial failed" not in (tmp_path / "runs" / "logs" / "finetune.log").read_text()
+    # The same weights and metrics as its undisturbed twin (the files differ: they name the run).
+    assert _trained(run_dir / "outcome") == _trained(tmp_path / "runs" / run_name(twin) / "outcome")

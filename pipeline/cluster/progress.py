@@ -26,11 +26,12 @@ RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data")
 # The project's own detail that a person reads only when looking closer (the search's trials).
 PROGRESS_LOG = "pipeline.progress"
 _LOG = logging.getLogger(PROGRESS_LOG)
-# How often the sweep asks the cluster's head which nodes are alive. The head declares a node dead
-# only after it missed several health checks (15 s or more by default); a run that restarted asks
-# at once, and knocks at each node's raylet besides (PROBE_TIMEOUT_S each), so that the node it
-# lost is named before the run's next epoch is counted.
-NODE_POLL_S = 1.0
+# How often the sweep asks the cluster's head which nodes are alive (the call holds up Tune's loop:
+# half a second on a busy machine). The head declares a node dead only after it missed several
+# health checks (15 s or more by default); a run that restarted asks at once, and knocks at each
+# node's raylet besides (PROBE_TIMEOUT_S each), so that the node it lost is named before the run's
+# next epoch is counted.
+NODE_POLL_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 
 
