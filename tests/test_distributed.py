@@ -17,6 +17,7 @@ from pipeline.cluster.distributed import (
     run_jobs,
     run_location,
     storage_root,
+    sweep_spec,
 )
 from pipeline.config import RayConfig
 from pipeline.runs.jobs import TrainJob, run_name
@@ -39,6 +40,25 @@ def test_run_folders_sit_under_the_storage_path_and_keep_an_s3_query_last(tmp_pa
     assert run_location("/abs/runs/", job) == f"/abs/runs/{run_name(job)}"
     assert (run_location("s3://b/runs?endpoint_override=h:9000&scheme=http", job)
             == f"s3://b/runs/{run_name(job)}?endpoint_override=h:9000&scheme=http")
+
+
+def test_a_trials_config_holds_only_its_runs_name_whatever_the_sweeps_size(tmp_path):
+    # Tune keeps every trial's config in the driver and copies it into every result it records:
+    # a config that grows with the sweep makes the driver grow with runs x runs.
+    import pickle
+
+    from ray.tune.search.variant_generator import generate_variants
+
+    def trial_configs(runs: int) -> tuple[dict, list[dict]]:
+        jobs = [dataclasses.replace(_job(tmp_path), name=f"toy-{i:03d}", seed=i) for i in range(runs)]
+        sweep, space = sweep_spec(jobs, RayConfig(storage_path="runs"), tmp_path, "/runs", "tune-x", False)
+        return sweep, [config for _, config in generate_variants(space)]
+
+    sweep, configs = trial_configs(60)
+    assert configs == [{"run": f"toy-{i:03d}"} for i in range(60)]  # one trial per run, in order
+    assert sweep["jobs"]["toy-007"]["seed"] == 7 and sweep["stores"]["toy-007"].startswith("/runs/toy-007-")
+    small = max(len(pickle.dumps(config)) for config in trial_configs(2)[1])
+    assert max(len(pickle.dumps(config)) for config in configs) == small
 
 
 def test_finished_runs_are_reused_without_starting_ray(tmp_path):

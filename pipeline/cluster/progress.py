@@ -31,6 +31,8 @@ _LOG = logging.getLogger(PROGRESS_LOG)
 # health checks (15 s or more by default); a run that restarted asks at once, and knocks at each
 # node's raylet besides (PROBE_TIMEOUT_S each), so that the node it lost is named before the run's
 # next epoch is counted.
+# A Tune trial's whole config: {RUN: the name of the job it trains} (pipeline.cluster.distributed).
+RUN = "run"
 NODE_POLL_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 
@@ -129,10 +131,10 @@ class _TrialProgress:
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started.setdefault(trial.trial_id, time.monotonic())
-        self.nodes.started(trial.config["job"]["name"])
+        self.nodes.started(trial.config[RUN])
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        job = self.jobs.get(trial.config["job"]["name"])
+        job = self.jobs.get(trial.config[RUN])
         if job is None or _shown_metric(job) not in result:
             return
         self.bar.update(1)
@@ -145,7 +147,7 @@ class _TrialProgress:
             self.best[job.name] = (value, epoch)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        name = trial.config["job"]["name"]
+        name = trial.config[RUN]
         job = self.jobs[name]
         _say_all(self.nodes.ended(name))
         if "user_error" in (trial.last_result or {}):  # pipeline.cluster.distributed.USER_ERROR
@@ -169,11 +171,11 @@ class _TrialProgress:
         say(f"  {done}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _say_all(self.nodes.ended(trial.config["job"]["name"]))
-        say(f"  {trial.config['job']['name']}: FAILED ({_first_line(trial)})")
+        _say_all(self.nodes.ended(trial.config[RUN]))
+        say(f"  {trial.config[RUN]}: FAILED ({_first_line(trial)})")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        name = trial.config["job"]["name"]
+        name = trial.config[RUN]
         _LOG.info("%s: its trial failed; Ray Tune retries it from its last checkpoint", name)
         self._poll_nodes(probe=True)  # its node, if lost, is named before the run resumes
         if not self.nodes.retried(name):  # else the lost node's line tells it
