@@ -17,6 +17,7 @@ from pipeline.cluster.distributed import (
     run_jobs,
     run_location,
     storage_root,
+    sweep_spec,
 )
 from pipeline.config import RayConfig
 from pipeline.runs.jobs import TrainJob, run_name
@@ -39,6 +40,27 @@ def test_run_folders_sit_under_the_storage_path_and_keep_an_s3_query_last(tmp_pa
     assert run_location("/abs/runs/", job) == f"/abs/runs/{run_name(job)}"
     assert (run_location("s3://b/runs?endpoint_override=h:9000&scheme=http", job)
             == f"s3://b/runs/{run_name(job)}?endpoint_override=h:9000&scheme=http")
+
+
+def test_a_trials_config_holds_its_own_run_only_whatever_the_sweeps_size(tmp_path):
+    # Tune keeps every trial's config in the driver, copies it into every result it records and
+    # keeps a record of every number in it: a config that grows with the sweep makes the driver grow
+    # with runs x runs, and numbers in it make Tune's record of each trial larger.
+    import json
+
+    from ray.tune.search.variant_generator import generate_variants
+
+    def trial_configs(runs: int) -> list[dict]:
+        jobs = [dataclasses.replace(_job(tmp_path), name=f"toy-{i:03d}", seed=i) for i in range(runs)]
+        space = sweep_spec(jobs, RayConfig(storage_path="runs"), tmp_path, "/runs", "tune-x", False)
+        return [config for _, config in generate_variants(space)]
+
+    configs = trial_configs(60)
+    assert [config["run"]["name"] for config in configs] == [f"toy-{i:03d}" for i in range(60)]  # one each, in order
+    assert all(set(config) == {"run"} and isinstance(config["run"]["spec"], str) for config in configs)
+    spec = json.loads(configs[7]["run"]["spec"])
+    assert spec["job"]["seed"] == 7 and spec["store"].startswith("/runs/toy-007-")
+    assert trial_configs(2) == configs[:2]  # a run's trial config is the same in a sweep of 2 as of 60
 
 
 def test_finished_runs_are_reused_without_starting_ray(tmp_path):

@@ -52,7 +52,7 @@ from tests.two_nodes import (
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.xdist_group("cluster")]
 
 FINETUNE_EPOCHS = 6
-DDP_EPOCHS = 30
+DDP_EPOCHS = 12
 PYTHON = str(VENV_BIN / "python")
 # One console line stays one line (the stages wrap theirs at the terminal's width).
 WIDE = {"COLUMNS": "500"}

@@ -31,6 +31,7 @@ again: the trial hands the message back and the stage ends with it as one line.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -41,7 +42,7 @@ from typing import Any
 
 from pipeline.cluster import lifeline
 from pipeline.cluster.leases import leased_runs
-from pipeline.cluster.progress import quiet_ray_logging, say, trial_progress
+from pipeline.cluster.progress import RUN, quiet_ray_logging, run_of, say, trial_progress
 from pipeline.config import TRIAL_DRIVER_CPUS, RayConfig
 from pipeline.errors import UserError
 from pipeline.runs.checkpoints import RunStore
@@ -296,24 +297,18 @@ def _tune(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str,
     one_worker = ray_config.num_workers == 1
     resources = ({"CPU": ray_config.cpus_per_worker, "GPU": 1 if gpu else 0} if one_worker
                  else {"CPU": TRIAL_DRIVER_CPUS})
-    settings = {"ray": {k: getattr(ray_config, k) for k in RayConfig.__dataclass_fields__},
-                "root": str(root.resolve()), "storage": storage, "use_gpu": gpu,
-                # Where each run lives is decided here, once: a trial that computed it again from
-                # code edited since the stage started would train into a folder the stage never reads.
-                "stores": {job.name: run_location(storage, job) for job in jobs}, "tune_folder": folder,
-                "checkpoint_interval_s": float(os.environ.get("CSADA_CHECKPOINT_INTERVAL_S", CHECKPOINT_INTERVAL_S))}
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(_trial, resources),
-        param_space={**settings, "job": ray.tune.grid_search([job.to_dict() for job in jobs])},
+        param_space=sweep_spec(jobs, ray_config, root, storage, folder, gpu),
         tune_config=ray.tune.TuneConfig(
             max_concurrent_trials=ray_config.max_concurrent_trials,
             # A trial process that finished its run trains the next one: no new process, no
             # second import of torch.
             reuse_actors=True,
-            trial_name_creator=lambda trial: trial.config["job"]["name"],
-            trial_dirname_creator=lambda trial: trial.config["job"]["name"],
+            trial_name_creator=run_of,
+            trial_dirname_creator=run_of,
         ),
-        run_config=ray.tune.RunConfig(name=settings["tune_folder"], storage_path=storage, verbose=0,
+        run_config=ray.tune.RunConfig(name=folder, storage_path=storage, verbose=0,
                                       callbacks=[trial_progress(jobs, experiment)],
                                       failure_config=ray.tune.FailureConfig(max_failures=MAX_FAILURES)),
     )
@@ -328,22 +323,47 @@ def _tune(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str,
         raise RuntimeError(f"{len(failed)} of {len(results)} training runs failed; first: {failed[0].error}")
 
 
-def _trial(settings: dict[str, Any]) -> None:
+def sweep_spec(jobs: list[TrainJob], ray_config: RayConfig, root: Path, storage: str, folder: str,
+               gpu: bool) -> dict[str, Any]:
+    """Tune's param space: one trial per job, whose config is ``{RUN: {"name": <the run's name>,
+    "spec": <everything the trial needs, as one JSON string>}}``.
+
+    Tune keeps each trial's config in the driver for the whole sweep, copies it into every result
+    it records, and keeps a min/max/mean record of every number in it. A config that held the
+    sweep's jobs and run folders cost the driver memory in proportion to runs x runs (200 runs:
+    +21 MiB, against +10 MiB with one run's spec; bench/load_sweep.py); a string holds no numbers.
+    (``tune.with_parameters`` would hand them over once, through an object the driver owns in the
+    head's object store; a stage that lost its head then died of Ray's object recovery, exit 1,
+    before it could say so: tests/test_fault_tolerance.py.)"""
+    import ray.tune
+
+    shared = {"ray": {k: getattr(ray_config, k) for k in RayConfig.__dataclass_fields__},
+              "root": str(root.resolve()), "storage": storage, "use_gpu": gpu, "tune_folder": folder,
+              "checkpoint_interval_s": float(os.environ.get("CSADA_CHECKPOINT_INTERVAL_S", CHECKPOINT_INTERVAL_S))}
+    # Where each run lives is decided here, once: a trial that computed it again from code edited
+    # since the stage started would train into a folder the stage never reads.
+    trials = [{"name": job.name, "spec": json.dumps({**shared, "job": job.to_dict(), "store": run_location(storage, job)})}
+              for job in jobs]
+    return {RUN: ray.tune.grid_search(trials)}
+
+
+def _trial(config: dict[str, Any]) -> None:
     """One Tune trial: train its job here, or drive a TorchTrainer for a multi-worker run."""
     import ray.tune
 
-    job = TrainJob.from_dict(settings["job"])
-    ray_config = RayConfig(**settings["ray"])
-    config = {"job": settings["job"], "root": settings["root"], "store": settings["stores"][job.name],
-              "cpus": ray_config.cpus_per_worker, "checkpoint_interval_s": settings["checkpoint_interval_s"]}
+    spec = json.loads(config[RUN]["spec"])
+    job = TrainJob.from_dict(spec["job"])
+    ray_config = RayConfig(**spec["ray"])
+    worker = {"job": spec["job"], "root": spec["root"], "store": spec["store"], "cpus": ray_config.cpus_per_worker,
+              "checkpoint_interval_s": spec["checkpoint_interval_s"]}
     if ray_config.num_workers == 1:
         try:
-            train_func({**config, "session": "tune"})
+            train_func({**worker, "session": "tune"})
         except UserError as error:  # deterministic: a retry would fail the same way
             ray.tune.report({USER_ERROR: str(error)})
     else:
-        _torch_trainer(job, {**config, "session": "train"}, ray_config,
-                       storage_location(settings["storage"], settings["tune_folder"]), settings["use_gpu"]).fit()
+        _torch_trainer(job, {**worker, "session": "train"}, ray_config,
+                       storage_location(spec["storage"], spec["tune_folder"]), spec["use_gpu"]).fit()
 
 
 def _train_worker(config: dict[str, Any]) -> None:

@@ -31,6 +31,9 @@ _LOG = logging.getLogger(PROGRESS_LOG)
 # health checks (15 s or more by default); a run that restarted asks at once, and knocks at each
 # node's raylet besides (PROBE_TIMEOUT_S each), so that the node it lost is named before the run's
 # next epoch is counted.
+# A Tune trial's whole config: {RUN: {"name": the run's name, "spec": what it trains, as JSON}}
+# (pipeline.cluster.distributed.sweep_spec).
+RUN = "run"
 NODE_POLL_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 
@@ -91,6 +94,11 @@ def trial_progress(jobs: list[TrainJob], stage: str) -> Any:
     return type("TrialProgress", (_TrialProgress, ray.tune.Callback), {})(jobs, stage)
 
 
+
+def run_of(trial: Any) -> str:
+    """The name of the run a Tune trial of :func:`pipeline.cluster.distributed.run_jobs` trains."""
+    return trial.config[RUN]["name"]
+
 class _TrialProgress:
     """Progress of one stage's runs (see the module doc); mixed into ``ray.tune.Callback``."""
 
@@ -129,10 +137,10 @@ class _TrialProgress:
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.started.setdefault(trial.trial_id, time.monotonic())
-        self.nodes.started(trial.config["job"]["name"])
+        self.nodes.started(run_of(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        job = self.jobs.get(trial.config["job"]["name"])
+        job = self.jobs.get(run_of(trial))
         if job is None or _shown_metric(job) not in result:
             return
         self.bar.update(1)
@@ -145,7 +153,7 @@ class _TrialProgress:
             self.best[job.name] = (value, epoch)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        name = trial.config["job"]["name"]
+        name = run_of(trial)
         job = self.jobs[name]
         _say_all(self.nodes.ended(name))
         if "user_error" in (trial.last_result or {}):  # pipeline.cluster.distributed.USER_ERROR
@@ -169,11 +177,11 @@ class _TrialProgress:
         say(f"  {done}")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        _say_all(self.nodes.ended(trial.config["job"]["name"]))
-        say(f"  {trial.config['job']['name']}: FAILED ({_first_line(trial)})")
+        _say_all(self.nodes.ended(run_of(trial)))
+        say(f"  {run_of(trial)}: FAILED ({_first_line(trial)})")
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        name = trial.config["job"]["name"]
+        name = run_of(trial)
         _LOG.info("%s: its trial failed; Ray Tune retries it from its last checkpoint", name)
         self._poll_nodes(probe=True)  # its node, if lost, is named before the run resumes
         if not self.nodes.retried(name):  # else the lost node's line tells it
