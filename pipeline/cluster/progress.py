@@ -25,15 +25,15 @@ from pipeline.runs.jobs import TrainJob
 RAY_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data")
 # The project's own detail that a person reads only when looking closer (the search's trials).
 PROGRESS_LOG = "pipeline.progress"
+# A Tune trial's whole config: {RUN: {"name": the run's name, "spec": what it trains, as JSON}}
+# (pipeline.cluster.distributed.sweep_spec).
+RUN = "run"
 _LOG = logging.getLogger(PROGRESS_LOG)
 # How often the sweep asks the cluster's head which nodes are alive (the call holds up Tune's loop:
 # half a second on a busy machine). The head declares a node dead only after it missed several
 # health checks (15 s or more by default); a run that restarted asks at once, and knocks at each
 # node's raylet besides (PROBE_TIMEOUT_S each), so that the node it lost is named before the run's
 # next epoch is counted.
-# A Tune trial's whole config: {RUN: {"name": the run's name, "spec": what it trains, as JSON}}
-# (pipeline.cluster.distributed.sweep_spec).
-RUN = "run"
 NODE_POLL_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 
@@ -94,10 +94,10 @@ def trial_progress(jobs: list[TrainJob], stage: str) -> Any:
     return type("TrialProgress", (_TrialProgress, ray.tune.Callback), {})(jobs, stage)
 
 
-
 def run_of(trial: Any) -> str:
     """The name of the run a Tune trial of :func:`pipeline.cluster.distributed.run_jobs` trains."""
     return trial.config[RUN]["name"]
+
 
 class _TrialProgress:
     """Progress of one stage's runs (see the module doc); mixed into ``ray.tune.Callback``."""
