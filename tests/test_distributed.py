@@ -74,6 +74,27 @@ def test_finished_runs_are_reused_without_starting_ray(tmp_path):
     assert not ray.is_initialized()  # nothing to train: no cluster was started
 
 
+def test_a_stage_deletes_no_other_stages_run_unless_told_to(tmp_path, monkeypatch):
+    import shutil
+
+    import pipeline.cluster.distributed as distributed
+
+    assert distributed.keep_unused_runs({}) is None  # the default: keep every run
+    assert distributed.keep_unused_runs({"CSADA_KEEP_RUNS": "3"}) == 3
+    job = _job(tmp_path)
+    ray_config = RayConfig(storage_path="runs")
+    location = Path(run_location(storage_root(ray_config, tmp_path), job))
+    train_func({"job": job.to_dict(), "store": str(location), "root": str(tmp_path), "device": "cpu"})
+    other = location.parent / "another-stages-run-0123456789"
+    shutil.copytree(location, other)  # a finished run this stage does not use
+    monkeypatch.setattr(distributed, "KEEP_UNUSED_RUNS", None)
+    run_jobs([job], ray_config, tmp_path, experiment="reuse")
+    assert other.is_dir()
+    monkeypatch.setattr(distributed, "KEEP_UNUSED_RUNS", 0)  # opted in: keep none it did not use
+    run_jobs([job], ray_config, tmp_path, experiment="reuse")
+    assert not other.exists() and location.is_dir()
+
+
 def test_old_finished_runs_are_pruned_and_unfinished_or_used_ones_kept(tmp_path):
     import os
 

@@ -36,7 +36,7 @@ import logging
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,17 @@ MAX_FAILURES = 2
 # A run saves its state at most this often (and after its last epoch): a killed run loses at most
 # this much training. CSADA_CHECKPOINT_INTERVAL_S changes it (0: after every epoch).
 CHECKPOINT_INTERVAL_S = 60.0
-# Finished runs the current stage does not use are kept in a local ray.storage_path up to this
-# many (the most recently finished); older ones are deleted. CSADA_KEEP_RUNS changes it.
-KEEP_UNUSED_RUNS = int(os.environ.get("CSADA_KEEP_RUNS", "200"))
+# A local ray.storage_path keeps every finished run: one store serves several stages and both
+# pipelines (paper/ shares the project's), so a run the current stage does not use may be one
+# another stage needs (pruning the 200 oldest, as before, deleted the paper's baselines and most of
+# its ablation). CSADA_KEEP_RUNS=N deletes, after each stage, the finished runs it did not use
+# beyond the N most recently finished.
+def keep_unused_runs(environ: Mapping[str, str]) -> int | None:
+    """How many finished runs a stage did not use it keeps (CSADA_KEEP_RUNS); None: all of them."""
+    return int(environ["CSADA_KEEP_RUNS"]) if environ.get("CSADA_KEEP_RUNS") else None
+
+
+KEEP_UNUSED_RUNS = keep_unused_runs(os.environ)
 # The metric a trial reports instead of raising when its run failed with a user error.
 USER_ERROR = "user_error"
 # Given an address where nothing answers, Ray retries for minutes; a head that does not accept a
@@ -196,7 +204,7 @@ def run_jobs(jobs: list[TrainJob], ray_config: RayConfig, root: Path, experiment
         unfinished = [run_name(job) for job, store in pending if not store.finished()]
         if unfinished:
             raise RunFailedError(f"run {unfinished[0]} ended without an outcome; run the stage again")
-    if local:
+    if local and KEEP_UNUSED_RUNS is not None:
         prune_runs(Path(storage), keep={run_name(job) for job in jobs}, limit=KEEP_UNUSED_RUNS)
     return stores
 
