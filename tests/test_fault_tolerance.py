@@ -1,5 +1,6 @@
-"""Surviving failures on CPU: a killed trial process, a stage killed outright, the DDP path, a
-stage interrupted with Ctrl-C, and a cluster that goes away (someone else's, or the one joined).
+"""Surviving failures on CPU: a killed trial process, a stage killed outright, a run that diverges
+(trained alone and with DDP), a stage interrupted with Ctrl-C, and a cluster that goes away
+(someone else's, or the one joined). A DDP run that trains to its end is tests/test_multinode.py's.
 
 In each case no finished epoch is trained again and nothing finished is lost: histories hold each
 epoch once, and the ``resumes`` column shows which epochs ran after the restart.
@@ -131,16 +132,6 @@ def test_a_killed_trial_is_retried_from_its_last_checkpoint(tmp_path, ray_cluste
     first_resumed = next(row["epoch"] for row in history if row["resumes"] > 0)
     assert first_resumed >= 3  # the epochs finished before the kill were kept, not redone
     assert max(row["resumes"] for row in history) == 1
-
-
-def test_a_two_worker_run_trains_with_ddp_into_the_same_run_folder(tmp_path, ray_cluster):
-    job = _toy_job(tmp_path, epochs=2)
-    # Two workers of half a CPU each leave the trial that drives them its sliver of the 2 CPUs.
-    ray_config = RayConfig(address=ray_cluster, num_workers=2, cpus_per_worker=0.5, use_gpu=False, storage_path="runs")
-    [store] = run_jobs([job], ray_config, tmp_path, experiment="ddp")
-    run_dir = Path(store.location)
-    assert [row["epoch"] for row in _history(run_dir)] == [0, 1]
-    assert load_checkpoint(run_dir / OUTCOME_DIR / "model.pt")["job"] == job.to_dict()
 
 
 def test_a_run_that_diverges_is_not_retried_and_fails_with_one_line(tmp_path, ray_cluster):

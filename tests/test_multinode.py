@@ -252,5 +252,9 @@ def test_a_ddp_run_that_loses_a_workers_node_is_restarted_by_ray_train_from_its_
     assert not [line for line in console if "failed" in line or "marked dead" in line], out + err
     # Ray Train restarted the workers; the Tune trial that drives them went on (no retry of it).
     assert f"{job.name}: its trial failed" not in (tmp_path / "runs" / "logs" / "finetune.log").read_text()
-    # The same weights and metrics as its undisturbed twin (the files differ: they name the run).
-    assert _trained(run_dir / "outcome") == _trained(tmp_path / "runs" / run_name(twin) / "outcome")
+    # The same weights and metrics as its undisturbed twin (the files differ: they name the run),
+    # which the two DDP workers wrote into its one run folder: every epoch once, and the job it ran.
+    twin_outcome = tmp_path / "runs" / run_name(twin) / "outcome"
+    assert _trained(run_dir / "outcome") == _trained(twin_outcome)
+    assert _resumes(twin_outcome / "history.json") == [0] * DDP_EPOCHS
+    assert load_checkpoint(twin_outcome / "model.pt")["job"] == twin.to_dict()

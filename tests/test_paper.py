@@ -44,6 +44,10 @@ from stages import (
     split,
 )
 
+# One xdist process runs this module, so that the toy-size paper project (paper_project, about two
+# minutes of training) is built once: spread over both processes, each built its own.
+pytestmark = pytest.mark.xdist_group("paper")
+
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = (paper_baselines, paper_pairs, paper_ablation, paper_lambdas, paper_convergence, paper_table)
 VERDICT, PRODUCT = "authors-lr10x", "product"
