@@ -12,7 +12,8 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.datasets.prepare import manifest_classes, read_manifest
 from pipeline.method.costfiles import load_costs
-from pipeline.paper.claims import headline, render_claims
+from pipeline.paper.claims import headline
+from pipeline.paper.page import render_claims
 from pipeline.reporting.outputs import write_json
 from pipeline.reporting.report import methods_table, write_report
 from pipeline.stage import run_stage

@@ -16,7 +16,15 @@ import torch
 import yaml
 
 from pipeline.config import ConfigError, load_config
-from pipeline.paper.claims import NOT_REPRODUCED, NOT_TESTABLE, REPRODUCED, pair_claims
+from pipeline.paper.claims import (
+    NOT_REPRODUCED,
+    NOT_TESTABLE,
+    REPRODUCED,
+    ZERO_WIDTH,
+    convergence_claims,
+    lambda_claims,
+    pair_claims,
+)
 from pipeline.paper.experiments import (
     attack_epochs,
     attack_shares,
@@ -324,3 +332,43 @@ def test_the_paper_params_are_valid_and_bad_values_are_named():
     bad["baseline"] = {"stop_train_accuracy": 1.5}
     with pytest.raises(ConfigError, match=r"baseline.stop_train_accuracy = 1.5 is invalid"):
         load_config(bad, recipe_dir=REPO / "recipes", available_cpus=2)
+
+
+PARTLY = "partly reproduced"
+
+
+def _lambdas(means, uppers):
+    return {"lambdas": [0.0, 1.0, 10.0], "baseline_wer": 0.10,
+            "wer": {"mean": [0.10, *means], "lower": [0.10, *(m - 0.01 for m in means)], "upper": [0.10, *uppers]}}
+
+
+def test_the_lambda_claim_needs_a_dip_below_the_baseline():
+    assert lambda_claims(_lambdas([0.05, 0.20], [0.08, 0.25]))[0][3] == REPRODUCED  # a significant dip, then above
+    assert lambda_claims(_lambdas([0.09, 0.12], [0.11, 0.15]))[0][3] == PARTLY  # the U's shape, the dip within noise
+    # Rising from the first lambda on is not the U: the best lambda is still worse than the baseline.
+    assert lambda_claims(_lambdas([0.19, 0.35], [0.20, 0.45]))[0][3] == NOT_REPRODUCED
+
+
+def _convergence(loss, wer, upper):
+    return {"baseline_wer": 0.10, "train_loss": {"mean": loss},
+            "test_wer": {"mean": [0.10, wer], "lower": [0.10, wer - 0.01], "upper": [0.10, upper], "n": 5}}
+
+
+def test_the_convergence_claim_needs_the_wer_to_fall_with_the_objective():
+    assert convergence_claims(_convergence([3.0, 2.0], 0.05, 0.08))[0][3] == REPRODUCED
+    assert convergence_claims(_convergence([3.0, 2.0], 0.09, 0.12))[0][3] == PARTLY  # below, within noise
+    assert convergence_claims(_convergence([3.0, 2.0], 0.22, 0.23))[0][3] == NOT_REPRODUCED  # objective down, WER up
+
+
+def test_a_zero_width_interval_is_marked_in_its_cell_and_explained_under_the_table(paper_project):
+    zero = _pairs((1.0, 1.0, 1.0), (0.6, 0.4, 0.8))
+    zero["baselines"]["zero_loss"]["methods"]["penalty"]["removed_share"]["zero_width"] = True
+    penalty_row = pair_claims(zero)[0][2]
+    assert penalty_row.endswith(f"100% [100%, 100%]{ZERO_WIDTH}; accuracy 90.00% -> 90.00%")
+    assert ZERO_WIDTH not in pair_claims(zero)[1][2]  # CSADA's interval has a width
+    _, root, _ = paper_project
+    page = (root / "results" / "paper.md").read_text()
+    assert "zero width: every resample" not in page  # the reason, once under a table, not in every cell
+    claims = page[page.index("## Claims"):page.index("## What moves CSADA")]
+    table = claims.split("Intervals:")[0]
+    assert claims.count(f"{ZERO_WIDTH} Zero width") == (1 if ZERO_WIDTH in table else 0)  # once, where needed
