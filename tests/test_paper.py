@@ -19,6 +19,7 @@ from pipeline.config import ConfigError, load_config
 from pipeline.paper.claims import (
     NOT_REPRODUCED,
     NOT_TESTABLE,
+    PARTLY,
     REPRODUCED,
     ZERO_WIDTH,
     convergence_claims,
@@ -333,8 +334,6 @@ def test_the_paper_params_are_valid_and_bad_values_are_named():
     with pytest.raises(ConfigError, match=r"baseline.stop_train_accuracy = 1.5 is invalid"):
         load_config(bad, recipe_dir=REPO / "recipes", available_cpus=2)
 
-
-PARTLY = "partly reproduced"
 
 
 def _lambdas(means, uppers):

@@ -11,8 +11,6 @@ from typing import Any
 from pipeline.paper.claims import (
     DISPLAY,
     PMI_ROW,
-    ZERO_WIDTH,
-    ZERO_WIDTH_NOTE,
     convergence_claims,
     lambda_claims,
     pair_claims,
@@ -22,6 +20,7 @@ from pipeline.paper.claims import (
     table_claims,
     toy_claims,
     variant_views,
+    with_zero_width_note,
 )
 
 
@@ -35,7 +34,8 @@ def _claim_rows(view: Mapping[str, Any]) -> list[tuple[str, str, str, str, str, 
         text = "; ".join(f"{DISPLAY.get(m, m)}: {settings_text(v)}" for m, v in per_method.items())
         return [(*row, text) for row in rows]
 
-    return [*with_settings(pair_claims(view["pairs"]), "pairs"), *with_settings(lambda_claims(view["lambdas"]), "lambdas"),
+    return [*with_settings(pair_claims(view["pairs"]), "pairs"),
+            *with_settings(lambda_claims(view["lambdas"]), "lambdas"),
             *with_settings(convergence_claims(view["convergence"]), "convergence"),
             *with_settings(table_claims(view["table"]), "table")]
 
@@ -90,9 +90,7 @@ def _pair_lines(pairs: Mapping[str, Any]) -> list[str]:
         for method, result in entry["methods"].items():
             lines.append(f"| {base} | {DISPLAY.get(method, method)} | {result['critical_errors']:.1f} | "
                          f"{share_text(result)} | {result['accuracy_change'] * 100:+.2f} |")
-    if ZERO_WIDTH in "\n".join(lines):
-        lines += ["", ZERO_WIDTH_NOTE]
-    return lines
+    return with_zero_width_note(lines)
 
 
 def _lambda_lines(lambdas: Mapping[str, Any]) -> list[str]:
@@ -136,10 +134,9 @@ def _ablation_lines(ablation: Mapping[str, Any]) -> list[str]:
         shares = " / ".join(pct(attack[k], 0) for k in ("reached_z", "rejected", "skipped")) if attack else "no attack"
         lines.append(f"| {arm} | {share_text(entry)} | {entry['accuracy_change'] * 100:+.2f} | {moved} | "
                      f"{entry['wer']:.4f} | {shares} | {settings_text(entry['settings'])} |")
-    lines += ["", "On `pareto/` rows the share is of the baseline's total test cost, not of a pair's errors.",
-              *(["", ZERO_WIDTH_NOTE] if ZERO_WIDTH in "\n".join(lines) else []),
-              "", "![The ablation](figures/ablation.png)"]
-    return lines
+    lines = with_zero_width_note(
+        [*lines, "", "On `pareto/` rows the share is of the baseline's total test cost, not of a pair's errors."])
+    return [*lines, "", "![The ablation](figures/ablation.png)"]
 
 
 def _per_variant(views: Mapping[str, Mapping[str, Any]], render: Any) -> list[str]:
@@ -172,11 +169,13 @@ def render_claims(setting: Mapping[str, Any], toy: Mapping[str, Any], pairs: Map
         "",
         "## Claims",
         "",
-        *claims,
-        "",
-        "Intervals: [a, b] after a share removed is a 90% percentile bootstrap over the test samples; PI is the 90% "
-        "prediction interval for one further replication. A difference whose interval includes 0 is within noise.",
-        *(["", ZERO_WIDTH_NOTE] if ZERO_WIDTH in "\n".join(claims) else []),
+        *with_zero_width_note([
+            *claims,
+            "",
+            "Intervals: [a, b] after a share removed is a 90% percentile bootstrap over the test samples; PI is the "
+            "90% prediction interval for one further replication. A difference whose interval includes 0 is within "
+            "noise.",
+        ]),
         "",
         "## What moves CSADA: the ablation",
         "",
